@@ -1,0 +1,109 @@
+"""The ``prunekit`` command line. Light commands never import torch, diffusers or DeepSpeed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from prunekit import __version__
+from prunekit.errors import PrunekitError, RecipeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunekit",
+        description="Config-driven pruning of text-to-image diffusion models.",
+    )
+    parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a recipe (validates it first)")
+    run.add_argument("recipe", help="recipe YAML file")
+    run.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. budget.target=0.7")
+    run.add_argument("--output", "-o", help="run directory (default: OUTPUT_DIR/NAME from the recipe)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run in its directory")
+    run.add_argument("--quiet", "-q", action="store_true", help="log to the run's file only")
+
+    validate = sub.add_parser("validate", help="validate a recipe and print it resolved")
+    validate.add_argument("recipe")
+    validate.add_argument("overrides", nargs="*")
+    validate.add_argument("--print", action="store_true", dest="show", help="print the resolved recipe")
+
+    plugins = sub.add_parser("plugins", help="list registered components")
+    plugins.add_argument("--kind", help="only this kind (router, gate, loss, ...)")
+    return parser
+
+
+def _print_errors(exc: PrunekitError) -> None:
+    lines = exc.problems if isinstance(exc, RecipeError) else str(exc).splitlines()
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+
+
+def cmd_plugins(kind: str | None) -> int:
+    from rich.table import Table
+
+    from prunekit.console import console
+    from prunekit.registry import KINDS, get_registry, unknown_name_message
+
+    if kind is not None and kind not in KINDS:
+        raise PrunekitError(unknown_name_message("kind", kind, KINDS))
+    registry = get_registry()
+    table = Table(title="prunekit components", show_lines=False)
+    for column in ("kind", "name", "origin", "description"):
+        table.add_column(column, overflow="fold")
+    for c in registry.components(kind):
+        table.add_row(c.kind, c.name, c.origin, c.summary)
+    from rich.console import Console
+
+    Console(width=max(console().width, 120)).print(table)
+    return 0
+
+
+def cmd_validate(recipe: str, overrides: Sequence[str], show: bool) -> int:
+    from prunekit.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    if show:
+        print(loaded.to_yaml(), end="")
+    print(f"{recipe}: valid (method {loaded.data['method']['name']!r})", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from prunekit.recipe import load_recipe
+    from prunekit.registry import get_registry
+    from prunekit.runner import execute
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    execute(recipe, get_registry(), output=args.output, resume=args.resume, console_log=not args.quiet)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "plugins":
+            return cmd_plugins(args.kind)
+        if args.command == "validate":
+            return cmd_validate(args.recipe, args.overrides, args.show)
+        if args.command == "run":
+            return cmd_run(args)
+    except PrunekitError as exc:
+        _print_errors(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

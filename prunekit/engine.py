@@ -1,0 +1,257 @@
+"""The training engine: the only module that touches DeepSpeed.
+
+``train`` runs a deterministic optimisation loop through ``deepspeed.initialize`` (ZeRO stage,
+micro-batch, accumulation, precision from the recipe's ``engine`` section). It works in a plain
+single process (it sets up a one-rank gloo group itself) and under ``torchrun`` / ``deepspeed``.
+Determinism is by construction: the batch and the random state of every micro-step are functions
+of the step index, so a run killed at any point and resumed from its last checkpoint ends in the
+same state as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunekit.engine_config import EngineConfig
+from prunekit.errors import NonFiniteLossError
+
+log = logging.getLogger("prunekit")
+
+LossFn = Callable[[torch.nn.Module, Any, int], "tuple[torch.Tensor, dict[str, float]]"]
+BatchFn = Callable[[int], Any]
+
+
+def ensure_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed if needed; return ``(rank, world_size)``.
+
+    Under a launcher the environment says where the rendezvous is. A plain ``python`` process
+    gets a one-rank gloo group through a file store, which needs no free port and no MPI.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+        else:
+            store = Path(tempfile.mkdtemp(prefix="prunekit-dist-")) / "store"
+            dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    os.environ.setdefault("LOCAL_RANK", str(int(os.environ.get("LOCAL_RANK", 0))))
+    os.environ.setdefault("RANK", str(dist.get_rank()))
+    os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _quiet_deepspeed(cfg: EngineConfig) -> None:
+    import deepspeed
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+    if not torch.cuda.is_available() and not cfg.cpu_shm_comm:
+        # The shared-memory all-reduce op is compiled on first use (~40 s); gloo is enough on CPU.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def deepspeed_config(cfg: EngineConfig, world_size: int) -> dict[str, Any]:
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("engine.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.micro_batch * cfg.grad_accum * world_size,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "gradient_clipping": cfg.grad_clip,
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def warmup_constant(warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up to the base LR, then constant (the APTP paper's schedule)."""
+
+    def factor(step: int) -> float:
+        return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+    return factor
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+    steps: int = 0
+    # Full trained weights of ``module``. Under ZeRO-3 the module itself stays partitioned
+    # inside the engine, so this, not ``module``, is the result to keep.
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def global_micro_index(step: int, micro: int, rank: int, world: int, grad_accum: int) -> int:
+    """A unique index of one micro-batch in the whole run, whatever the world size split."""
+    return (step * world + rank) * grad_accum + micro
+
+
+def _latest_step(ckpt_dir: Path) -> int | None:
+    latest = ckpt_dir / "latest"
+    if not latest.exists():
+        return None
+    tag = latest.read_text().strip()
+    return int(tag.split("_")[-1]) if tag.startswith("step_") and (ckpt_dir / tag).is_dir() else None
+
+
+def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
+    tags = sorted(
+        (p for p in ckpt_dir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[-1])
+    )
+    for old in tags[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train(
+    module: torch.nn.Module,
+    loss_fn: LossFn,
+    batch_fn: BatchFn,
+    *,
+    cfg: EngineConfig,
+    lr: float,
+    steps: int,
+    ckpt_dir: str | Path,
+    seed: int = 0,
+    warmup_steps: int = 0,
+    param_groups: Iterable[dict[str, Any]] | None = None,
+    name: str = "train",
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Optimise the trainable parameters of ``module`` for ``steps`` optimizer steps.
+
+    ``batch_fn(i)`` returns micro-batch ``i`` (see :func:`global_micro_index`);
+    ``loss_fn(engine_module, batch, step)`` returns ``(loss, logs)``. Only parameters with
+    ``requires_grad`` are optimised (or ``param_groups`` when given, for per-group LRs).
+    Checkpoints go to ``ckpt_dir`` every ``cfg.checkpoint_every`` steps and at the end; an
+    existing checkpoint there is resumed from. The trained weights end up in ``module``.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = ensure_distributed()
+    _quiet_deepspeed(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    groups = list(param_groups) if param_groups is not None else [
+        {"params": [p for p in module.parameters() if p.requires_grad]}
+    ]
+    if not any(len(list(g["params"])) for g in groups):
+        raise ValueError(f"{name}: nothing to train (no parameter requires grad)")
+    optimizer = torch.optim.AdamW(
+        groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(warmup_steps))
+    engine, _, _, _ = deepspeed.initialize(
+        model=module,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, world),
+        dist_init_required=False,
+    )
+
+    result = TrainResult()
+    start = 0
+    last = _latest_step(ckpt_dir)
+    if last is not None:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=f"step_{last}")
+        client = client or {}
+        start = int(client.get("step", last))
+        result.history = list(client.get("history", []))
+        result.resumed_from = start
+        log.info("%s: resumed from checkpoint at step %d", name, start)
+
+    def save(step: int) -> None:
+        tag = f"step_{step}"
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "history": result.history})
+        if rank == 0:
+            _prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+
+    engine.train()
+    for step in range(start, steps):
+        logs_sum: dict[str, float] = {}
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            index = global_micro_index(step, micro, rank, world, cfg.grad_accum)
+            torch.manual_seed(seed * 1_000_003 + index)
+            batch = batch_fn(index)
+            loss, logs = loss_fn(engine.module, batch, step)
+            finite = torch.tensor([1.0 if bool(torch.isfinite(loss.detach()).all()) else 0.0])
+            if world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                good = _latest_step(ckpt_dir)
+                where = f"step_{good} in {ckpt_dir}" if good is not None else "none yet"
+                raise NonFiniteLossError(
+                    f"{name}: loss became {loss.detach().float().mean().item()} at step {step} "
+                    f"(micro-batch {micro}); stopped. Last good checkpoint: {where}"
+                )
+            engine.backward(loss)
+            engine.step()
+            loss_sum += float(loss.detach())
+            for k, v in logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + float(v)
+        values = torch.tensor([loss_sum, *logs_sum.values()], dtype=torch.float64) / cfg.grad_accum
+        if world > 1:  # log the mean over ranks, so every rank records the same history
+            dist.all_reduce(values)
+            values /= world
+        record = {"step": step + 1, "loss": float(values[0]), "lr": scheduler.get_last_lr()[0]}
+        record.update({k: float(v) for k, v in zip(logs_sum, values[1:])})
+        result.history.append(record)
+        if on_step is not None:
+            on_step(step + 1, record)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            log.debug("%s step %d: %s", name, step + 1, {k: round(v, 6) for k, v in record.items()})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
+            save(step + 1)
+    result.steps = steps
+    result.state_dict = _full_state_dict(engine, cfg)
+    return result
+
+
+def _full_state_dict(engine: Any, cfg: EngineConfig) -> dict[str, torch.Tensor]:
+    if cfg.zero_stage == 3:
+        import deepspeed
+
+        params = list(engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+    return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+
+
+def micro_batch_indices(n_items: int, micro_batch: int, index: int, seed: int = 0) -> list[int]:
+    """Items of micro-batch ``index``: epochs over a seeded permutation, deterministic in ``index``."""
+    if n_items <= 0:
+        raise ValueError("the dataset is empty")
+    start = index * micro_batch
+    out: list[int] = []
+    while len(out) < micro_batch:
+        epoch, offset = divmod(start + len(out), n_items)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n_items, generator=g)
+        take = min(micro_batch - len(out), n_items - offset)
+        out.extend(perm[offset : offset + take].tolist())
+    return out
+
+
+def steps_for_epochs(n_items: int, micro_batch: int, grad_accum: int, world: int, epochs: float) -> int:
+    return max(1, math.ceil(epochs * n_items / (micro_batch * grad_accum * world)))

@@ -1,0 +1,43 @@
+"""Errors that the CLI turns into one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+
+class PrunekitError(Exception):
+    """Base of every error prunekit reports to a user as a message."""
+
+    exit_code = 1
+
+
+class PluginError(PrunekitError):
+    """A plugin failed to import, registers something invalid, or a name is unknown."""
+
+    exit_code = 2
+
+
+class RecipeError(PrunekitError):
+    """A recipe is invalid; ``problems`` holds one message per problem."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class RunDirError(PrunekitError):
+    """The run directory exists and would be overwritten, or cannot be resumed."""
+
+    exit_code = 2
+
+
+class MissingPathError(PrunekitError):
+    """A model, dataset or weights path is missing; the message names the override that sets it."""
+
+    exit_code = 2
+
+
+class NonFiniteLossError(PrunekitError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+    exit_code = 1

@@ -1,0 +1,54 @@
+"""Loading diffusers pipelines from a local folder or a hub id, with one clear error when offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prunekit.errors import MissingPathError
+
+
+def looks_like_path(ref: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a folder."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or ref.endswith("/")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def resolve_pretrained(ref: str, *, override: str, what: str = "model") -> tuple[str, bool]:
+    """Return ``(ref, local_files_only)`` for ``from_pretrained``; raise when it cannot work.
+
+    A local folder must exist; a hub id must already be in the local cache (this machine, like
+    many clusters, has no route to the hub). ``override`` names the recipe key that sets it.
+    """
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise MissingPathError(f"{what} path {ref} is a file, expected a diffusers folder (set {override}=DIR)")
+        return str(path), True
+    if looks_like_path(ref):
+        raise MissingPathError(f"{what} folder {ref} does not exist (set {override}=DIR)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(ref, local_files_only=True)
+    except Exception:
+        raise MissingPathError(
+            f"{what} {ref!r} is not a local folder and is not in the Hugging Face cache, and the hub is "
+            f"unreachable offline: download it elsewhere and set {override}=/path/to/folder"
+        ) from None
+    return local, True
+
+
+def load_pipeline(ref: str, *, override: str = "model.path", dtype: str = "float32", **kwargs: Any) -> Any:
+    """``DiffusionPipeline.from_pretrained`` of a local folder or a cached hub id."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    location, local_only = resolve_pretrained(ref, override=override)
+    return DiffusionPipeline.from_pretrained(
+        location, torch_dtype=getattr(torch, dtype), local_files_only=local_only, **kwargs
+    )

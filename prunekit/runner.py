@@ -1,0 +1,72 @@
+"""``prunekit run``: preflight checks, the run directory, then the method's stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prunekit.config import instantiate_schema
+from prunekit.errors import MissingPathError, PrunekitError
+from prunekit.recipe import SINGLE_SECTIONS, Recipe
+from prunekit.registry import Registry
+from prunekit.run import Run, check_run_dir, run_dir_for
+
+
+def preflight(recipe: Recipe, registry: Registry) -> list[str]:
+    """Problems that only show on this machine (missing model or data paths), found before any
+    heavy import. A schema opts in by defining ``preflight(self) -> list[str]``."""
+    problems: list[str] = []
+    for key, kind in SINGLE_SECTIONS.items():
+        section = recipe.data.get(key)
+        if not section:
+            continue
+        component = registry.get(kind, section["name"])
+        if component.schema is None or not hasattr(component.schema, "preflight"):
+            continue
+        options = {k: v for k, v in section.items() if k != "name"}
+        problems.extend(instantiate_schema(component.schema, options).preflight() or [])
+    return problems
+
+
+def execute(
+    recipe: Recipe,
+    registry: Registry,
+    *,
+    output: str | Path | None = None,
+    resume: bool = False,
+    console_log: bool = True,
+) -> tuple[Run, dict[str, Any]]:
+    """Run ``recipe``; returns the run and its final metrics."""
+    check_run_dir(run_dir_for(recipe, output), recipe, resume=resume)
+    problems = preflight(recipe, registry)
+    if problems:
+        raise MissingPathError("\n".join(problems))
+    run = Run.start(recipe, registry, output=output, resume=resume, console_log=console_log)
+    try:
+        _seed_everything(int(recipe.data.get("seed", 0)))
+        method = registry.build("method", recipe.data["method"])
+        metrics = dict(method.run(run) or {})
+        run.save_metrics(**metrics)
+        registry.hook.prunekit_run_end(run=run, metrics=run.metrics)
+    except PrunekitError as exc:
+        run.log.error("%s", exc)
+        run.close("failed", error=str(exc))
+        raise
+    except BaseException as exc:
+        run.log.exception("run failed")
+        run.close("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    run.log.info("run complete: %s", run.dir)
+    run.close("completed")
+    return run, run.metrics
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from prunekit import __version__
-from prunekit.errors import PrunekitError, RecipeError
+from prunekit.errors import PluginError, PrunekitError, RecipeError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +48,7 @@ def cmd_plugins(kind: str | None) -> int:
     from prunekit.registry import KINDS, get_registry, unknown_name_message
 
     if kind is not None and kind not in KINDS:
-        raise PrunekitError(unknown_name_message("kind", kind, KINDS))
+        raise PluginError(unknown_name_message("kind", kind, KINDS))
     registry = get_registry()
     table = Table(title="prunekit components", show_lines=False)
     for column in ("kind", "name", "origin", "description"):
@@ -84,7 +83,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # Overrides may come before or after options (``run R.yaml --output D a.b=1``), which a plain
+    # argparse positional cannot take; leftovers of the KEY=VALUE form are overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "overrides", None) is None or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.command is None:
         parser.print_help()
         return 0

@@ -190,6 +190,7 @@ def train(
     for step in range(start, steps):
         logs_sum: dict[str, float] = {}
         loss_sum = 0.0
+        lr_used = optimizer.param_groups[0]["lr"]
         for micro in range(cfg.grad_accum):
             index = global_micro_index(step, micro, rank, world, cfg.grad_accum)
             torch.manual_seed(seed * 1_000_003 + index)
@@ -214,7 +215,7 @@ def train(
         if world > 1:  # log the mean over ranks, so every rank records the same history
             dist.all_reduce(values)
             values /= world
-        record = {"step": step + 1, "loss": float(values[0]), "lr": scheduler.get_last_lr()[0]}
+        record = {"step": step + 1, "loss": float(values[0]), "lr": lr_used}
         record.update({k: float(v) for k, v in zip(logs_sum, values[1:])})
         result.history.append(record)
         if on_step is not None:

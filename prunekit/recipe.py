@@ -255,4 +255,13 @@ def _with_defaults(data: dict[str, Any]) -> dict[str, Any]:
     for key in MULTI_SECTIONS:
         if isinstance(out.get(key), Mapping):
             out[key] = {k: v for k, v in out[key].items() if v is not None}
-    return out
+    return _plain(out)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples become lists, as they read back from YAML (resume compares the two)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -43,6 +43,7 @@ def execute(
         raise MissingPathError("\n".join(problems))
     run = Run.start(recipe, registry, output=output, resume=resume, console_log=console_log)
     try:
+        quiet_libraries()
         _seed_everything(int(recipe.data.get("seed", 0)))
         method = registry.build("method", recipe.data["method"])
         metrics = dict(method.run(run) or {})
@@ -59,6 +60,25 @@ def execute(
     run.log.info("run complete: %s", run.dir)
     run.close("completed")
     return run, run.metrics
+
+
+def quiet_libraries() -> None:
+    """Our log and progress bars are the interface; library chatter goes to the log file only."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    diffusers.utils.logging.disable_progress_bar()
 
 
 def _seed_everything(seed: int) -> None:

@@ -95,7 +95,7 @@ def build_tiny_pipeline(seed: int = 0, *, unet_config: dict[str, Any] | None = N
     )
     scheduler = DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        clip_sample=False, steps_offset=1,
     )
     return StableDiffusionPipeline(
         vae=vae,

@@ -23,12 +23,29 @@ class LossInputs:
     teacher_pred: torch.Tensor | None = None
     block_outputs: list[torch.Tensor] = field(default_factory=list)
     teacher_block_outputs: list[torch.Tensor] = field(default_factory=list)
+    # Per-sample weights summing to 1 (e.g. APTP eq. 15 averages per expert, then over experts);
+    # None means the plain batch mean.
+    sample_weights: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # router embeddings, MACs, ...
+
+    def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
+        if self.sample_weights is None:
+            return per_sample.mean()
+        return (per_sample * self.sample_weights.to(per_sample)).sum()
+
+    def get(self, key: str, loss: str) -> Any:
+        if key not in self.extra:
+            raise ValueError(f"loss {loss!r} needs {key!r}, which this method does not provide")
+        return self.extra[key]
 
     def need(self, *names: str, loss: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]
         if missing:
             raise ValueError(f"loss {loss!r} needs {', '.join(missing)}, which this method does not provide")
+
+
+def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a.float() - b.float()) ** 2).flatten(1).mean(1)
 
 
 def prediction_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,

@@ -1,4 +1,8 @@
-"""Loss plugins shared by every training method."""
+"""Loss plugins shared by the training methods (denoising, distillation, router and budget terms).
+
+Each builds ``loss(inputs: prunekit.losses.LossInputs) -> Tensor``, already multiplied by its
+configured ``weight``.
+"""
 
 from __future__ import annotations
 
@@ -25,27 +29,109 @@ class DDPMLoss:
         self.config = config
         self.weight = config.weight
 
-    def __call__(self, inputs):  # noqa: ANN001, ANN204 - LossInputs -> Tensor
+    def __call__(self, inputs):  # noqa: ANN001, ANN204
         import torch
 
-        from prunekit.losses import prediction_target, snr
+        from prunekit.losses import per_sample_mse, prediction_target, snr
 
         inputs.need("pred", "noise", "latents", "timesteps", "scheduler", loss="ddpm")
-        target = prediction_target(
-            inputs.scheduler, inputs.latents, inputs.noise, inputs.timesteps, self.config.prediction_type
-        )
-        per_sample = ((inputs.pred.float() - target.float()) ** 2).flatten(1).mean(1)
+        kind = self.config.prediction_type
+        if kind == "auto":
+            kind = inputs.scheduler.config.prediction_type
+        target = prediction_target(inputs.scheduler, inputs.latents, inputs.noise, inputs.timesteps, kind)
+        per_sample = per_sample_mse(inputs.pred, target)
         if self.config.snr_gamma is not None:
             s = snr(inputs.scheduler, inputs.timesteps)
-            w = torch.clamp(s, max=self.config.snr_gamma) / s
-            kind = inputs.scheduler.config.prediction_type if self.config.prediction_type == "auto" else self.config.prediction_type
-            if kind == "v_prediction":
-                w = torch.clamp(s, max=self.config.snr_gamma) / (s + 1)
-            per_sample = per_sample * w
-        return self.weight * per_sample.mean()
+            clipped = torch.clamp(s, max=self.config.snr_gamma)
+            # Min-SNR: weight min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR+1) for v-prediction.
+            per_sample = per_sample * (clipped / (s + 1) if kind == "v_prediction" else clipped / s)
+        return self.weight * inputs.reduce(per_sample)
+
+
+@dataclass
+class WeightConfig:
+    weight: float = option(1.0, ge=0)
+
+
+class DistillOutputLoss:
+    """Output-level distillation (APTP eq. 27): MSE between the pruned and the teacher U-Net outputs."""
+
+    def __init__(self, config: WeightConfig) -> None:
+        self.weight = config.weight
+
+    def __call__(self, inputs):  # noqa: ANN001, ANN204
+        from prunekit.losses import per_sample_mse
+
+        inputs.need("pred", "teacher_pred", loss="distill_output")
+        return self.weight * inputs.reduce(per_sample_mse(inputs.pred, inputs.teacher_pred))
+
+
+class DistillBlockLoss:
+    """Block-level distillation (APTP eq. 28): sum over down/mid/up blocks of the output MSE."""
+
+    def __init__(self, config: WeightConfig) -> None:
+        self.weight = config.weight
+
+    def __call__(self, inputs):  # noqa: ANN001, ANN204
+        from prunekit.losses import per_sample_mse
+
+        student, teacher = inputs.block_outputs, inputs.teacher_block_outputs
+        if not student or len(student) != len(teacher):
+            raise ValueError("loss 'distill_block' needs matching student and teacher block outputs")
+        per_sample = sum(per_sample_mse(s, t) for s, t in zip(student, teacher))
+        return self.weight * inputs.reduce(per_sample)
+
+
+@dataclass
+class ContrastiveLossConfig:
+    weight: float = option(100.0, ge=0)
+    tau: float = option(0.03, gt=0, help="temperature of both similarity softmaxes")
+
+
+class ContrastiveLoss:
+    """APTP eq. 13–14: the architecture vectors' similarity distribution (s) should match the
+    prompts' (r). Written as a binary cross-entropy (the paper's sum with a minus sign, so that
+    minimising it pulls s towards r)."""
+
+    def __init__(self, config: ContrastiveLossConfig) -> None:
+        self.weight = config.weight
+        self.tau = config.tau
+
+    def __call__(self, inputs):  # noqa: ANN001, ANN204
+        import torch
+        import torch.nn.functional as F
+
+        z = inputs.get("prompt_embeddings", "contrastive").float()
+        v = inputs.get("arch_vectors", "contrastive").float()
+        zn, vn = F.normalize(z, dim=1), F.normalize(v, dim=1)
+        r = torch.softmax(zn @ zn.T / self.tau, dim=1)
+        s = torch.softmax(vn @ vn.T / self.tau, dim=1).clamp(1e-7, 1 - 1e-7)
+        return self.weight * F.binary_cross_entropy(s, r.detach())
+
+
+class ResourceLoss:
+    """APTP eq. 26: R(x, y) = log(max(x, y) / min(x, y)) between the batch's mean MACs ratio and the target."""
+
+    def __init__(self, config: WeightConfig) -> None:
+        self.weight = config.weight
+
+    def __call__(self, inputs):  # noqa: ANN001, ANN204
+        import torch
+
+        x = inputs.get("macs_ratio", "resource")
+        y = torch.as_tensor(inputs.get("macs_target", "resource"), dtype=x.dtype, device=x.device)
+        return self.weight * torch.abs(torch.log(x) - torch.log(y))
 
 
 @hookimpl
 def prunekit_register_components(register) -> None:
     register("loss", "ddpm", DDPMLoss, schema=DDPMLossConfig,
              doc="Denoising (DDPM) loss, epsilon / v-prediction, optional Min-SNR-gamma weighting")
+    register("loss", "distill_output", DistillOutputLoss, schema=WeightConfig,
+             doc="Output distillation from the unpruned teacher U-Net (MSE)")
+    register("loss", "distill_block", DistillBlockLoss, schema=WeightConfig,
+             doc="Block distillation: down/mid/up block outputs vs the unpruned teacher (MSE)")
+    register("loss", "contrastive", ContrastiveLoss, schema=ContrastiveLossConfig,
+             doc="APTP contrastive router loss: architecture similarity follows prompt similarity")
+    register("loss", "resource", ResourceLoss, schema=WeightConfig,
+             doc="Resource loss log(max(x,y)/min(x,y)) between mean MACs ratio and the budget")

@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "sinkhorn": "prunekit.ops.sinkhorn",
+    "sinkhorn": "prunekit.ops.optimal_transport",
     "sparsegpt_prune": "prunekit.ops.sparsegpt",
 }
 

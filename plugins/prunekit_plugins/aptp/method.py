@@ -1,0 +1,353 @@
+"""``aptp``: Adaptive Prompt-Tailored Pruning (Ganjdanesh et al.), assembled from registered parts.
+
+Stages: encode (latents, text and prompt embeddings, once) → prune_warmup (the predictor gates the
+U-Net directly) → prune (predictor + codes, routed by optimal transport) → route (every training
+prompt to its nearest code; per-expert masks and MACs) → finetune_expert_i (physically pruned from
+the pretrained weights, fine-tuned on its prompts with DDPM + distillation) → export (mixture/).
+Which losses, gates, router and budget are used is entirely the recipe's choice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from prunekit.config import option
+
+
+@dataclass
+class PruneStageConfig:
+    warmup_iters: int = option(500, ge=0, help="predictor-only iterations (its output gates the U-Net)")
+    iters: int = option(2500, ge=1, help="joint predictor + codes iterations")
+    lr: float = option(2e-4, gt=0)
+    lr_warmup: int = option(100, ge=0, help="linear LR warm-up iterations")
+
+
+@dataclass
+class FinetuneStageConfig:
+    iters: int = option(30000, ge=0, help="iterations per expert (0 = export the pruned experts as they are)")
+    lr: float = option(1e-5, gt=0)
+    lr_warmup: int = option(0, ge=0)
+    ddpm_weight: float = option(1e-4, ge=0, help="alpha_DDPM (paper: 1e-4)")
+    distill_weight: float = option(1.0, ge=0, help="alpha_distill for output + block distillation (paper: 1.0)")
+    block_distill: bool = option(True, help="include block-level distillation")
+
+
+@dataclass
+class APTPConfig:
+    requires: ClassVar[tuple[str, ...]] = ("model", "dataset", "prompt_encoder", "router", "gate", "budget", "losses")
+
+    prune: PruneStageConfig = field(default_factory=PruneStageConfig)
+    finetune: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)
+    depth: str = option("aptp", help="depth-gate layout: aptp (the paper's 14 on SD 2.1), all or none")
+    round_to: int | None = option(None, ge=1, help="round pruned channel counts up to a multiple")
+    encode_batch: int = option(32, ge=1)
+
+    def check(self) -> list[str]:
+        return [] if self.depth in ("aptp", "all", "none") else [f"depth: {self.depth!r} is not one of aptp, all, none"]
+
+
+class APTP:
+    """Prune a U-Net into prompt-routed experts, fine-tune each on its prompts, export a mixture."""
+
+    def __init__(self, config: APTPConfig) -> None:
+        self.config = config
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def run(self, run: Any) -> dict[str, Any]:
+        import torch
+
+        from prunekit.unet import make_prunable
+
+        self.run_ = run
+        self.seed = int(run.recipe.data.get("seed", 0))
+        self.pipeline = run.build("model")
+        self.unet = self.pipeline.unet
+        for module in (self.unet, self.pipeline.vae, self.pipeline.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        self.encoder = run.build("prompt_encoder")
+        run.stage("encode", self._encode)
+        self.data = self._load_encoded()
+        self.prunable = make_prunable(self.unet, depth=None if self.config.depth == "none" else self.config.depth)
+        latent_h, latent_w = self.data["latents"].shape[-2:]
+        self.text_len = int(self.data["text"].shape[1])
+        self.budget = run.build("budget", prunable=self.prunable, height=latent_h, width=latent_w, text_len=self.text_len)
+        self.gate = run.build("gate", groups=self.prunable.groups)
+        self.router = self._new_router()
+        self.losses = run.build_all("losses")
+        run.log.info("prunable U-Net: %d units (%d depth); latent %dx%d, text length %d; dense %.3f GMACs",
+                     self.prunable.num_units, len(self.prunable.depth_indices), latent_h, latent_w,
+                     self.text_len, self.budget.model.dense / 1e9)
+
+        warm = run.stage("prune_warmup", lambda: self._prune("warmup"))
+        joint = run.stage("prune", lambda: self._prune("joint"))
+        routing = run.stage("route", self._route)
+        experts = []
+        for i in range(self.router.num_codes):
+            experts.append(run.stage(f"finetune_expert_{i}", lambda i=i: self._finetune_expert(i, routing)))
+        export = run.stage("export", lambda: self._export(routing, experts))
+        torch.set_grad_enabled(True)
+        return {
+            "prune": {"warmup": warm, "joint": joint},
+            "routing": {k: routing[k] for k in ("counts", "macs_ratio", "mean_macs_ratio", "target")},
+            "experts": [{**e, "share": c / max(1, sum(routing["counts"]))}
+                        for e, c in zip(experts, routing["counts"])],
+            "mixture": export,
+        }
+
+    # -- encode -----------------------------------------------------------------------------------
+
+    def _encode(self) -> dict[str, Any]:
+        from safetensors.torch import save_file
+
+        from prunekit.data import encode_dataset
+
+        run = self.run_
+        dataset = run.build("dataset")
+        with run.progress("encode dataset", len(dataset)) as advance:
+            encoded = encode_dataset(self.pipeline, dataset, batch_size=self.config.encode_batch, progress=advance)
+        z = self.encoder.encode(encoded.prompts)
+        encoded.save(run.artifact("encoded.safetensors"))
+        save_file({"z": z.contiguous()}, str(run.artifact("prompt_embeddings.safetensors")))
+        return {"samples": len(encoded.prompts), "latent_shape": list(encoded.latents.shape[1:]),
+                "prompt_dim": int(z.shape[1])}
+
+    def _load_encoded(self) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        from prunekit.data import EncodedDataset
+
+        encoded = EncodedDataset.load(self.run_.artifact("encoded.safetensors"))
+        z = load_file(str(self.run_.artifact("prompt_embeddings.safetensors")))["z"]
+        return {"latents": encoded.latents, "text": encoded.text_embeddings, "z": z, "prompts": encoded.prompts}
+
+    # -- pruning ----------------------------------------------------------------------------------
+
+    def _engine_config(self) -> Any:
+        from prunekit.engine_config import EngineConfig
+
+        return EngineConfig(**self.run_.recipe.data["engine"])
+
+    def _new_router(self) -> Any:
+        return self.run_.build("router", embed_dim=int(self.data["z"].shape[1]), num_units=self.prunable.num_units)
+
+    def _load_router(self, stage: str, router: Any = None) -> None:
+        from safetensors.torch import load_file
+
+        path = self.run_.artifact(f"router_{stage}.safetensors")
+        (router or self.router).load_state_dict(load_file(str(path)))
+
+    def _prune(self, phase: str) -> dict[str, Any]:
+        import torch
+        from safetensors.torch import save_file
+
+        from prunekit.capture import capture_block_outputs
+        from prunekit.engine import micro_batch_indices, train
+        from prunekit.losses import LossInputs
+
+        run, cfg = self.run_, self.config.prune
+        steps = cfg.warmup_iters if phase == "warmup" else cfg.iters
+        # A fresh module per phase: DeepSpeed leaves hooks on the parameters of a module it wrapped.
+        router = self._new_router()
+        if phase == "joint":
+            if cfg.warmup_iters > 0:
+                self._load_router("warmup", router)
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(self.seed)
+                sample = torch.randperm(len(self.data["z"]), generator=g)[:4096]
+                router.init_codes(router.embed(self.data["z"][sample]), generator=g)
+        router.codes.requires_grad_(phase == "joint")
+        self.router = router
+        if steps == 0:
+            save_file({k: v.detach().contiguous() for k, v in router.state_dict().items()},
+                      str(run.artifact(f"router_{phase}.safetensors")))
+            return {"steps": 0}
+
+        engine_cfg = self._engine_config()
+        latents, text, z = self.data["latents"], self.data["text"], self.data["z"]
+        scheduler = self.pipeline.scheduler
+        n = len(z)
+        want_teacher = any(k in self.losses for k in ("distill_output", "distill_block"))
+        want_blocks = "distill_block" in self.losses
+        target = self.budget.target
+
+        def batch_fn(index: int) -> list[int]:
+            return micro_batch_indices(n, engine_cfg.micro_batch, index, self.seed)
+
+        def loss_fn(router: Any, idx: list[int], step: int):
+            x0, cond, zb = latents[idx], text[idx], z[idx]
+            e = router.embed(zb)
+            weights = None
+            if phase == "warmup":
+                logits = e
+            else:
+                assigned = router.assign(e)
+                logits = router.codes[assigned]
+                counts = torch.bincount(assigned, minlength=router.num_codes).to(x0.dtype)
+                weights = 1.0 / (counts[assigned] * (counts > 0).sum())
+            gates = self.gate(logits, training=True)
+            noise = torch.randn_like(x0)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),))
+            noisy = scheduler.add_noise(x0, noise, t)
+            teacher_pred, teacher_blocks = None, []
+            if want_teacher:
+                with torch.no_grad(), capture_block_outputs(self.unet, want_blocks) as teacher_blocks:
+                    teacher_pred = self.prunable(noisy, t, cond).sample
+            with capture_block_outputs(self.unet, want_blocks) as blocks:
+                pred = self.prunable(noisy, t, cond, gates=gates).sample
+            ratio = self.budget.ratio(gates).mean()
+            inputs = LossInputs(
+                pred=pred, noise=noise, latents=x0, timesteps=t, scheduler=scheduler,
+                teacher_pred=teacher_pred, block_outputs=blocks, teacher_block_outputs=teacher_blocks,
+                sample_weights=weights,
+                extra={"prompt_embeddings": zb, "arch_vectors": self.gate(e, training=True),
+                       "macs_ratio": ratio, "macs_target": target},
+            )
+            parts = {name: loss(inputs) for name, loss in self.losses.items()}
+            logs = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+            logs["macs_ratio"] = float(ratio.detach())
+            if phase == "joint":
+                logs["codes_used"] = float((counts > 0).sum())
+            return sum(parts.values()), logs
+
+        start = time.perf_counter()
+        with run.progress(f"prune ({phase})", steps) as advance:
+            result = train(
+                router, loss_fn, batch_fn, cfg=engine_cfg, lr=cfg.lr, steps=steps,
+                warmup_steps=cfg.lr_warmup, ckpt_dir=run.checkpoint_dir(f"prune_{phase}"), seed=self.seed,
+                name=f"prune_{phase}",
+                on_step=lambda s, rec: advance(1, loss=rec["loss"], macs=rec["macs_ratio"]),
+            )
+        router = self._new_router()
+        router.load_state_dict(result.state_dict)
+        self.router = router
+        save_file({k: v.contiguous() for k, v in result.state_dict.items()},
+                  str(run.artifact(f"router_{phase}.safetensors")))
+        run.artifact(f"prune_{phase}_history.json").write_text(json.dumps(result.history))
+        tail = result.history[-max(1, len(result.history) // 10):]
+        return {
+            "steps": steps,
+            "seconds": round(time.perf_counter() - start, 2),
+            "final_loss": sum(h["loss"] for h in tail) / len(tail),
+            "final_macs_ratio": sum(h["macs_ratio"] for h in tail) / len(tail),
+        }
+
+    # -- routing ----------------------------------------------------------------------------------
+
+    def _route(self) -> dict[str, Any]:
+        import torch
+
+        from prunekit.unet import count_macs
+
+        self._load_router("joint")
+        experts = self.router.route(self.data["z"])
+        counts = torch.bincount(experts, minlength=self.router.num_codes).tolist()
+        masks = self.gate.hard(self.router.codes.detach())
+        h, w = self.data["latents"].shape[-2:]
+        dense = count_macs(self.prunable, None, height=h, width=w, text_len=self.text_len)
+        macs = [count_macs(self.prunable, m, height=h, width=w, text_len=self.text_len) for m in masks]
+        ratios = [m / dense for m in macs]
+        total = max(1, sum(counts))
+        mean_ratio = sum(r * c for r, c in zip(ratios, counts)) / total
+        self.run_.artifact("routing.json").write_text(json.dumps({
+            "expert_of_sample": experts.tolist(),
+            "masks": masks.to(torch.int8).tolist(),
+        }))
+        self.run_.log.info("routing: counts %s, MACs ratios %s, mean %.4f (target %.2f)",
+                           counts, [round(r, 3) for r in ratios], mean_ratio, self.budget.target)
+        return {"counts": counts, "macs": macs, "macs_ratio": ratios, "mean_macs_ratio": mean_ratio,
+                "dense_macs": dense, "target": self.budget.target}
+
+    # -- fine-tuning ------------------------------------------------------------------------------
+
+    def _finetune_expert(self, i: int, routing: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        from prunekit.capture import capture_block_outputs
+        from prunekit.engine import micro_batch_indices, train
+        from prunekit.losses import LossInputs
+        from prunekit.mixture import expert_dir
+        from prunekit.unet import physically_prune, round_mask, save_expert
+
+        run, cfg = self.run_, self.config.finetune
+        table = json.loads(run.artifact("routing.json").read_text())
+        mask = torch.tensor(table["masks"][i], dtype=torch.bool)
+        if self.config.round_to:
+            mask = round_mask(self.prunable, mask, self.config.round_to)
+        expert = physically_prune(self.prunable, mask)
+        members = [k for k, e in enumerate(table["expert_of_sample"]) if e == i]
+        result_info: dict[str, Any] = {"expert": i, "samples": len(members),
+                                       "macs_ratio": routing["macs_ratio"][i], "finetune_steps": 0}
+        if members and cfg.iters > 0:
+            registry = run.registry
+            parts_cfg = {"ddpm": {"weight": cfg.ddpm_weight}, "distill_output": {"weight": cfg.distill_weight}}
+            if cfg.block_distill:
+                parts_cfg["distill_block"] = {"weight": cfg.distill_weight}
+            losses = {k: registry.build("loss", {"name": k, **v}) for k, v in parts_cfg.items()}
+            engine_cfg = self._engine_config()
+            latents, text = self.data["latents"], self.data["text"]
+            scheduler = self.pipeline.scheduler
+            expert.requires_grad_(True)
+            expert.train()
+
+            def batch_fn(index: int) -> list[int]:
+                return [members[k] for k in micro_batch_indices(len(members), engine_cfg.micro_batch, index, self.seed + i)]
+
+            def loss_fn(model: Any, idx: list[int], step: int):
+                x0, cond = latents[idx], text[idx]
+                noise = torch.randn_like(x0)
+                t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),))
+                noisy = scheduler.add_noise(x0, noise, t)
+                with torch.no_grad(), capture_block_outputs(self.unet, cfg.block_distill) as teacher_blocks:
+                    teacher = self.unet(noisy, t, cond).sample
+                with capture_block_outputs(model, cfg.block_distill) as blocks:
+                    pred = model(noisy, t, cond).sample
+                inputs = LossInputs(pred=pred, noise=noise, latents=x0, timesteps=t, scheduler=scheduler,
+                                    teacher_pred=teacher, block_outputs=blocks, teacher_block_outputs=teacher_blocks)
+                parts = {k: loss(inputs) for k, loss in losses.items()}
+                return sum(parts.values()), {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+
+            with run.progress(f"fine-tune expert {i}", cfg.iters) as advance:
+                result = train(expert, loss_fn, batch_fn, cfg=engine_cfg, lr=cfg.lr, steps=cfg.iters,
+                               warmup_steps=cfg.lr_warmup, ckpt_dir=run.checkpoint_dir(f"finetune_expert_{i}"),
+                               seed=self.seed + 7919 * (i + 1), name=f"finetune_expert_{i}",
+                               on_step=lambda s, rec: advance(1, loss=rec["loss"]))
+            expert.load_state_dict(result.state_dict)
+            run.artifact(f"finetune_expert_{i}_history.json").write_text(json.dumps(result.history))
+            tail = result.history[-max(1, len(result.history) // 10):]
+            result_info.update(finetune_steps=cfg.iters, final_loss=sum(h["loss"] for h in tail) / len(tail))
+        folder = expert_dir(run.artifact("mixture"), i)
+        save_expert(expert.eval(), mask, folder, base_config=self.unet.config,
+                    depth=self.prunable.inventory.depth, round_to=self.config.round_to,
+                    metadata={"expert": i, "samples": len(members)}, overwrite=True)
+        result_info["path"] = str(folder.relative_to(run.artifact("mixture")))
+        return result_info
+
+    # -- export -----------------------------------------------------------------------------------
+
+    def _export(self, routing: dict[str, Any], experts: list[dict[str, Any]]) -> dict[str, Any]:
+        from prunekit.mixture import save_router, write_manifest
+
+        run = self.run_
+        folder = run.artifact("mixture")
+        self._load_router("joint")
+        save_router(folder, self.router)
+        data = run.recipe.data
+        total = max(1, sum(routing["counts"]))
+        write_manifest(
+            folder,
+            model=data["model"],
+            prompt_encoder=data["prompt_encoder"],
+            router=data["router"],
+            router_dims={"embed_dim": int(self.data["z"].shape[1]), "num_units": self.prunable.num_units},
+            experts=[{"id": e["expert"], "path": e["path"], "macs": routing["macs"][e["expert"]],
+                      "macs_ratio": e["macs_ratio"], "share": routing["counts"][e["expert"]] / total}
+                     for e in experts],
+            extra={"dense_macs": routing["dense_macs"], "mean_macs_ratio": routing["mean_macs_ratio"],
+                   "budget": routing["target"], "text_len": self.text_len},
+        )
+        return {"path": str(folder), "mean_macs_ratio": routing["mean_macs_ratio"]}

@@ -30,6 +30,17 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("overrides", nargs="*")
     validate.add_argument("--print", action="store_true", dest="show", help="print the resolved recipe")
 
+    generate = sub.add_parser("generate", help="generate images with a routed mixture of experts")
+    generate.add_argument("mixture", help="mixture folder (runs/NAME/artifacts/mixture)")
+    generate.add_argument("prompts", nargs="+", help="one or more prompts")
+    generate.add_argument("--output", "-o", default="generated", help="folder for the PNGs (must be new or empty)")
+    generate.add_argument("--steps", type=int, default=25, help="sampler steps (paper: 25 PNDM)")
+    generate.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    generate.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    generate.add_argument("--height", type=int, default=None)
+    generate.add_argument("--width", type=int, default=None)
+    generate.add_argument("--device", default="cpu")
+
     plugins = sub.add_parser("plugins", help="list registered components")
     plugins.add_argument("--kind", help="only this kind (router, gate, loss, ...)")
     return parser
@@ -81,6 +92,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunekit.errors import MissingPathError
+
+    mixture = Path(args.mixture)
+    if not (mixture / "manifest.json").is_file():
+        raise MissingPathError(f"{mixture} is not a mixture folder (no manifest.json)")
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()):
+        raise MissingPathError(f"output folder {out} is not empty; choose another with --output")
+    from prunekit.pipeline import PromptRoutedPipeline
+    from prunekit.runner import quiet_libraries
+
+    quiet_libraries()
+    pipe = PromptRoutedPipeline.from_pretrained(mixture, device=args.device)
+    kwargs = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    if args.height:
+        kwargs["height"] = args.height
+    if args.width:
+        kwargs["width"] = args.width
+    result = pipe(args.prompts, seed=args.seed, **kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (prompt, image, expert) in enumerate(zip(args.prompts, result.images, result.experts)):
+        path = out / f"{i:03d}_expert{expert:02d}.png"
+        image.save(path)
+        print(f"{path}\texpert {expert}\t{prompt}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after options (``run R.yaml --output D a.b=1``), which a plain
@@ -100,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_validate(args.recipe, args.overrides, args.show)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "generate":
+            return cmd_generate(args)
     except PrunekitError as exc:
         _print_errors(exc)
         return exc.exit_code

@@ -348,6 +348,7 @@ class APTP:
                       "macs_ratio": e["macs_ratio"], "share": routing["counts"][e["expert"]] / total}
                      for e in experts],
             extra={"dense_macs": routing["dense_macs"], "mean_macs_ratio": routing["mean_macs_ratio"],
-                   "budget": routing["target"], "text_len": self.text_len},
+                   "budget": routing["target"], "text_len": self.text_len,
+                   "latent_size": list(self.data["latents"].shape[-2:])},
         )
         return {"path": str(folder), "mean_macs_ratio": routing["mean_macs_ratio"]}

@@ -52,7 +52,8 @@ class SentenceTransformerEncoder:
             location, _ = resolve_pretrained(config.path, override="prompt_encoder.path", what="prompt encoder")
         self.model = SentenceTransformer(location, device=config.device, local_files_only=True)
         self.model.eval()
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim_of())
         self._cache: dict[str, Any] = {}
         self.location = str(Path(location))
 

@@ -1,0 +1,143 @@
+"""APTP end to end on a tiny SD-shaped pipeline (CPU, DeepSpeed single process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import REPO
+
+from prunekit.recipe import load_recipe
+from prunekit.registry import get_registry
+from prunekit.runner import execute
+
+SMOKE = REPO / "recipes" / "tiny" / "aptp_smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aptp") / "run"
+    recipe = load_recipe(SMOKE, ["engine.zero_stage=2"])
+    run, metrics = execute(recipe, get_registry(), output=out, console_log=False)
+    return out, metrics
+
+
+def test_all_stages_complete_and_mixture_is_consistent(smoke_run):
+    from prunekit.unet import load_expert, measure_macs
+
+    out, metrics = smoke_run
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == ["encode", "prune_warmup", "prune", "route", *[f"finetune_expert_{i}" for i in range(4)], "export"]
+    manifest = json.loads((out / "artifacts" / "mixture" / "manifest.json").read_text())
+    assert len(manifest["experts"]) == 4 and manifest["router"]["name"] == "aptp"
+    counts = metrics["routing"]["counts"]
+    assert sum(counts) == 64
+    assert [e["samples"] for e in metrics["experts"]] == counts
+    # the MACs recorded for each expert are what the physically pruned, saved expert really costs
+    for entry in manifest["experts"]:
+        expert = load_expert(out / "artifacts" / "mixture" / entry["path"])
+        h, w = manifest["latent_size"]
+        measured = measure_macs(expert, height=h, width=w, text_len=manifest["text_len"])
+        assert measured == pytest.approx(entry["macs"], rel=0.01)
+    trained = [e for e in metrics["experts"] if e["samples"]]
+    assert trained and all(e["finetune_steps"] == 3 for e in trained)
+
+
+def test_mixture_pipeline_keeps_input_order_and_matches_each_expert_alone(smoke_run):
+    from prunekit.pipeline import PromptRoutedPipeline
+
+    out, _ = smoke_run
+    pipe = PromptRoutedPipeline.from_pretrained(out / "artifacts" / "mixture")
+    prompts = ["a large red circle", "a small blue square", "a small green triangle", "a large yellow square",
+               "a small purple circle", "a large orange triangle"]
+    kwargs = dict(num_inference_steps=2, output_type="np", height=32, width=32, guidance_scale=7.5)
+    result = pipe(prompts, seed=10, **kwargs)
+    assert result.experts == pipe.route(prompts)
+    for i, prompt in enumerate(prompts):
+        alone = pipe._pipes[result.experts[i]](
+            [prompt], generator=[torch.Generator().manual_seed(10 + i)], **kwargs
+        ).images[0]
+        np.testing.assert_allclose(result.images[i], alone, atol=1e-5)
+
+
+def test_router_ot_balances_where_nearest_code_collapses():
+    from prunekit_plugins.aptp.router import APTPRouterConfig, build_router
+
+    torch.manual_seed(0)
+    router = build_router(APTPRouterConfig(num_codes=4), embed_dim=16, num_units=32)
+    base = torch.randn(32)
+    with torch.no_grad():
+        router.codes.copy_(torch.stack([base + 0.5 * torch.randn(32) for _ in range(4)]))
+    e = (router.codes[0].detach() + 0.05 * torch.randn(64, 32))  # every item sits next to code 0
+    nearest = build_router(APTPRouterConfig(num_codes=4, optimal_transport=False), embed_dim=16, num_units=32)
+    nearest.load_state_dict(router.state_dict())
+    assert nearest.assign(e).bincount(minlength=4).tolist() == [64, 0, 0, 0]
+    balanced = router.assign(e).bincount(minlength=4)
+    assert balanced.min() >= 8, balanced.tolist()
+
+
+def _history(out: Path, phase: str) -> list[dict]:
+    return json.loads((out / "artifacts" / f"prune_{phase}_history.json").read_text())
+
+
+def test_training_assignments_balanced_with_ot_and_not_without(tmp_path):
+    used = {}
+    for ot in (True, False):
+        recipe = load_recipe(SMOKE, [f"router.optimal_transport={ot}", "method.finetune.iters=0",
+                                     "method.prune.iters=12", "method.prune.warmup_iters=0"])
+        execute(recipe, get_registry(), output=tmp_path / f"run_{ot}", console_log=False)
+        used[ot] = [h["codes_used"] for h in _history(tmp_path / f"run_{ot}", "joint")]
+    # 3 Sinkhorn iterations (the paper's setting) give near-equipartition: 3-4 of 4 codes per batch of 8
+    assert min(used[True]) >= 3 and np.mean(used[True]) >= 3.5, used[True]
+    # nearest-code routing of the same start leaves codes without samples
+    assert np.mean(used[False]) < np.mean(used[True]), used
+
+
+def test_resource_loss_drives_mean_macs_to_the_target(tmp_path):
+    recipe = load_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=40", "method.prune.lr=0.05",
+                                 "method.prune.iters=1", "method.finetune.iters=0", "dataset.size=128",
+                                 "losses.contrastive=null"])
+    execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
+    ratios = [h["macs_ratio"] for h in _history(tmp_path / "run", "warmup")]
+    assert ratios[0] > 0.85  # starts dense
+    assert abs(np.mean(ratios[-10:]) - 0.6) < 0.04
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_final_state(tmp_path):
+    args = ["method.prune.iters=60", "method.prune.warmup_iters=4", "engine.checkpoint_every=10",
+            "method.finetune.iters=2"]
+    full = tmp_path / "full"
+    execute(load_recipe(SMOKE, args), get_registry(), output=full, console_log=False)
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "prunekit", "run", str(SMOKE), "--output", str(killed), "-q", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    latest = killed / "checkpoints" / "prune_joint" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and latest.read_text().strip() in ("step_20", "step_30"):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    from safetensors.torch import load_file
+
+    for name in ["router_joint.safetensors", "mixture/router.safetensors",
+                 *[f"mixture/experts/expert_{i:02d}/diffusion_pytorch_model.safetensors" for i in range(4)]]:
+        a, b = load_file(full / "artifacts" / name), load_file(killed / "artifacts" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)

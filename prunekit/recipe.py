@@ -108,8 +108,21 @@ def _load_chain(path: Path, problems: list[str], stack: tuple[Path, ...] = ()) -
         base_node = _load_chain(path.parent / base, problems, (*stack, path))
         if base_node is None:
             return None
-        merged = OmegaConf.merge(merged, base_node)
-    return OmegaConf.merge(merged, node)
+        merged = _merge(merged, base_node)
+    return _merge(merged, node)
+
+
+def _merge(base: Any, child: Any) -> Any:
+    """omegaconf merge, except that a section selecting a *different* component replaces the
+    inherited one: the old component's options mean nothing to the new one."""
+    from omegaconf import DictConfig, OmegaConf
+
+    for key in SINGLE_SECTIONS:
+        old, new = base.get(key) if key in base else None, child.get(key) if key in child else None
+        if isinstance(old, DictConfig) and isinstance(new, DictConfig):
+            if "name" in new and new.get("name") != old.get("name"):
+                del base[key]
+    return OmegaConf.merge(base, child)
 
 
 def _apply_overrides(node: Any, overrides: Sequence[str], problems: list[str]) -> Any:

@@ -129,3 +129,11 @@ def test_broken_recipe_on_the_cli_is_fast_one_line_each_exit_2(tmp_path):
     assert elapsed < 5, elapsed
     validate = run_cli("validate", str(bad))
     assert validate.returncode == 2 and len(validate.stderr.strip().splitlines()) == 2
+
+
+def test_selecting_another_component_replaces_the_inherited_section(tmp_path):
+    _write(tmp_path, "base.yaml", BASE.replace("dataset: {name: shapes, size: 8}", "dataset: {name: shapes, size: 8, seed: 3}"))
+    child = _write(tmp_path, "child.yaml", "base: base.yaml\nname: c\ndataset: {name: prompts, items: [a, b]}\n")
+    assert load_recipe(child).data["dataset"] == {"name": "prompts", "items": ["a", "b"]}
+    same = _write(tmp_path, "same.yaml", "base: base.yaml\nname: s\ndataset: {name: shapes, size: 4}\n")
+    assert load_recipe(same).data["dataset"] == {"name": "shapes", "size": 4, "seed": 3}

@@ -23,6 +23,8 @@ class PruneStageConfig:
     iters: int = option(2500, ge=1, help="joint predictor + codes iterations")
     lr: float = option(2e-4, gt=0)
     lr_warmup: int = option(100, ge=0, help="linear LR warm-up iterations")
+    micro_batch: int | None = option(None, ge=1, help="overrides engine.micro_batch for this stage")
+    grad_accum: int | None = option(None, ge=1, help="overrides engine.grad_accum for this stage")
 
 
 @dataclass
@@ -33,6 +35,8 @@ class FinetuneStageConfig:
     ddpm_weight: float = option(1e-4, ge=0, help="alpha_DDPM (paper: 1e-4)")
     distill_weight: float = option(1.0, ge=0, help="alpha_distill for output + block distillation (paper: 1.0)")
     block_distill: bool = option(True, help="include block-level distillation")
+    micro_batch: int | None = option(None, ge=1, help="overrides engine.micro_batch for this stage")
+    grad_accum: int | None = option(None, ge=1, help="overrides engine.grad_accum for this stage")
 
 
 @dataclass
@@ -127,10 +131,15 @@ class APTP:
 
     # -- pruning ----------------------------------------------------------------------------------
 
-    def _engine_config(self) -> Any:
+    def _engine_config(self, stage: Any) -> Any:
         from prunekit.engine_config import EngineConfig
 
-        return EngineConfig(**self.run_.recipe.data["engine"])
+        cfg = EngineConfig(**self.run_.recipe.data["engine"])
+        if stage.micro_batch is not None:
+            cfg.micro_batch = stage.micro_batch
+        if stage.grad_accum is not None:
+            cfg.grad_accum = stage.grad_accum
+        return cfg
 
     def _new_router(self) -> Any:
         return self.run_.build("router", embed_dim=int(self.data["z"].shape[1]), num_units=self.prunable.num_units)
@@ -167,7 +176,7 @@ class APTP:
                       str(run.artifact(f"router_{phase}.safetensors")))
             return {"steps": 0}
 
-        engine_cfg = self._engine_config()
+        engine_cfg = self._engine_config(cfg)
         latents, text, z = self.data["latents"], self.data["text"], self.data["z"]
         scheduler = self.pipeline.scheduler
         n = len(z)
@@ -288,7 +297,7 @@ class APTP:
             if cfg.block_distill:
                 parts_cfg["distill_block"] = {"weight": cfg.distill_weight}
             losses = {k: registry.build("loss", {"name": k, **v}) for k, v in parts_cfg.items()}
-            engine_cfg = self._engine_config()
+            engine_cfg = self._engine_config(cfg)
             latents, text = self.data["latents"], self.data["text"]
             scheduler = self.pipeline.scheduler
             expert.requires_grad_(True)

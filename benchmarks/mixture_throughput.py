@@ -107,7 +107,7 @@ def main() -> None:
     shares = [routed.count(i) / len(prompts) for i in range(len(RATIOS))]
     mean_ratio = sum(s * r for s, r in zip(shares, expert_ratios))
     static_mask = mask_for_ratio(prunable, mac_model, mean_ratio, g)
-    static = PromptRoutedPipeline(base, encoder, router, [physically_prune(make_prunable(base.unet), static_mask)
+    static = PromptRoutedPipeline(base, encoder, router, [physically_prune(base.unet, static_mask)
                                                           .eval().to(args.device)] * len(RATIOS))
     static_ratio = float(mac_model.ratio(static_mask))
     kwargs = dict(num_inference_steps=args.steps, guidance_scale=7.5, output_type="np",

@@ -127,7 +127,7 @@ def main() -> None:
     for _ in range(args.repeats):
         mix_t.append(timed(lambda: mixture(prompts, **kwargs)))
         static_t.append(timed(lambda: static._pipes[0](prompts, **kwargs)))
-    route_t = [timed(lambda: mixture.route([p])) for p in prompts[:16]]
+    route_t = [timed(lambda p=p: mixture.route([p])) for p in prompts[:16]]
     encoder._cache.clear()
     route_cold = [timed(lambda p=p: mixture.route([p + " (new)"])) for p in prompts[:16]]
     x = torch.randn(1, 4, latent, latent, device=args.device)

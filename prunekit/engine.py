@@ -40,15 +40,15 @@ def ensure_distributed() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend)
         else:
             store = Path(tempfile.mkdtemp(prefix="prunekit-dist-")) / "store"
             dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    os.environ.setdefault("LOCAL_RANK", str(int(os.environ.get("LOCAL_RANK", 0))))
-    os.environ.setdefault("RANK", str(dist.get_rank()))
-    os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
+    # DeepSpeed reads LOCAL_RANK to pick its device. RANK/WORLD_SIZE are deliberately not exported:
+    # child processes (a sweep point, a test's CLI call) would take them for a launcher's rendezvous.
+    os.environ.setdefault("LOCAL_RANK", "0")
     return dist.get_rank(), dist.get_world_size()
 
 

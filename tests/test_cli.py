@@ -78,3 +78,19 @@ def test_tiny_run_end_to_end_refuses_overwrite_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     log = (out / "run.log").read_text()
     assert "stage finetune: already completed, skipped" in log
+
+
+def test_paper_recipes_stop_at_once_offline_naming_what_to_set(tmp_path):
+    import time
+
+    for recipe in ("aptp_coco_base", "aptp_coco_small", "aptp_cc3m_base", "aptp_cc3m_small"):
+        out = tmp_path / recipe
+        start = time.perf_counter()
+        result = run_cli("run", f"recipes/{recipe}.yaml", "--output", str(out))
+        assert time.perf_counter() - start < 10
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert any("stabilityai/stable-diffusion-2-1" in line and "model.path=" in line for line in lines)
+        assert any("dataset." in line and "(set dataset." in line for line in lines)
+        assert all(line.startswith("error: ") for line in lines) and "Traceback" not in result.stderr
+        assert not out.exists()

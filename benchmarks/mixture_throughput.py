@@ -7,7 +7,8 @@ Builds an SD-shaped pipeline (random weights), prunes it into experts at differe
 * the mixture: ``PromptRoutedPipeline`` (route, group by expert, one batched pipeline call per group);
 * a static expert whose MACs equal the mixture's routed mean, on the same prompts.
 
-It also times the router per prompt against one U-Net step (batch 1).
+It also times the router per prompt (prompt encoder + predictor + nearest code) against one step
+of the SD 2.1 U-Net (512 px, batch 1) that a deployed mixture would serve.
 
     python benchmarks/mixture_throughput.py [--config small|sd21] [--steps 4] [--repeats 3] [--device cpu]
 """
@@ -130,10 +131,13 @@ def main() -> None:
     route_t = [timed(lambda p=p: mixture.route([p])) for p in prompts[:16]]
     encoder._cache.clear()
     route_cold = [timed(lambda p=p: mixture.route([p + " (new)"])) for p in prompts[:16]]
-    x = torch.randn(1, 4, latent, latent, device=args.device)
-    c = torch.randn(1, text_len, cfg["cross_attention_dim"], device=args.device)
+    # Router overhead is judged against one step of the U-Net it would serve: SD 2.1 at 512 px.
+    sd21 = UNet2DConditionModel(**unet_config("sd21")).eval().to(args.device)
+    x = torch.randn(1, 4, 64, 64, device=args.device)
+    c = torch.randn(1, 77, 1024, device=args.device)
     with torch.no_grad():
-        step_t = [timed(lambda: base.unet(x, torch.tensor([500]), c)) for _ in range(5)]
+        step_t = [timed(lambda m=sd21: m(x, torch.tensor([500], device=args.device), c)) for _ in range(3)]
+    del sd21
 
     mix, stat = statistics.median(mix_t), statistics.median(static_t)
     print(f"config={args.config} device={args.device} prompts={len(prompts)} steps={args.steps} "
@@ -145,7 +149,7 @@ def main() -> None:
     print(f"throughput ratio mixture/static: {stat / mix:.3f}  (target >= 0.9)")
     step = statistics.median(step_t)
     print(f"router per prompt: {statistics.median(route_t) * 1e3:.2f} ms cached, {statistics.median(route_cold) * 1e3:.2f} ms "
-          f"uncached; one U-Net step (batch 1): {step * 1e3:.1f} ms -> overhead {statistics.median(route_cold) / step:.2%} "
+          f"uncached; one SD 2.1 U-Net step (512 px, batch 1): {step * 1e3:.1f} ms -> overhead {statistics.median(route_cold) / step:.2%} "
           f"(target < 1%)")
 
 

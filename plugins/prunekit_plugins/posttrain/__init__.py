@@ -1,0 +1,54 @@
+"""Post-training unstructured / N:M pruning of a diffusion pipeline's text encoder and U-Net.
+
+Methods ``magnitude``, ``wanda``, ``sparsegpt`` and ``owl`` share one calibration mechanism
+(:mod:`prunekit.calibration`) and one driver (:mod:`.method`); each module holds one algorithm.
+See docs/posttrain.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prunekit.hookspecs import hookimpl
+from prunekit_plugins.posttrain.config import PosttrainConfig
+from prunekit_plugins.posttrain.engine import PruningRule
+from prunekit_plugins.posttrain.magnitude import MagnitudeConfig, MagnitudeRule
+from prunekit_plugins.posttrain.method import PosttrainMethod
+from prunekit_plugins.posttrain.owl import OwlConfig, OwlRule
+from prunekit_plugins.posttrain.sparsegpt import SparseGPTConfig, SparseGPTRule
+from prunekit_plugins.posttrain.wanda import WandaConfig, WandaRule
+
+
+def _factory(name: str, make_rule: Callable[[Any], PruningRule]) -> Callable[[PosttrainConfig], PosttrainMethod]:
+    def build(config: PosttrainConfig) -> PosttrainMethod:
+        return PosttrainMethod(name, config, lambda: make_rule(config))
+
+    build.__name__ = f"build_{name}"
+    return build
+
+
+build_magnitude = _factory("magnitude", lambda c: MagnitudeRule(c.scope))
+build_wanda = _factory("wanda", lambda c: WandaRule(c.scope))
+build_sparsegpt = _factory("sparsegpt", lambda c: SparseGPTRule(c.blocksize, c.percdamp))
+build_owl = _factory("owl", lambda c: OwlRule(c.base, c.outlier_threshold, c.lam))
+
+
+@hookimpl
+def prunekit_register_components(register) -> None:
+    register("method", "magnitude", build_magnitude, schema=MagnitudeConfig,
+             doc="Post-training magnitude pruning of text encoder and U-Net (per layer, row or global)")
+    register("method", "wanda", build_wanda, schema=WandaConfig,
+             doc="Post-training Wanda pruning: |W|·‖X‖ per output row from calibration activations")
+    register("method", "sparsegpt", build_sparsegpt, schema=SparseGPTConfig,
+             doc="Post-training SparseGPT: Hessian-based OBS pruning with weight updates, block by block")
+    register("method", "owl", build_owl, schema=OwlConfig,
+             doc="Post-training OWL: outlier-weighted per-layer sparsity over Wanda or magnitude")
+
+
+@hookimpl
+def prunekit_check_recipe(recipe: dict[str, Any]) -> list[str] | None:
+    method = recipe.get("method") or {}
+    if method.get("name") == "owl" and method.get("base", "wanda") == "wanda" and not recipe.get("dataset"):
+        return ["dataset: method 'owl' with base 'wanda' needs a 'dataset' section (calibration prompts)"]
+    return None

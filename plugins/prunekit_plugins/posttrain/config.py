@@ -1,0 +1,90 @@
+"""Recipe schemas shared by the post-training methods: per-component sparsity and calibration.
+
+The defaults — text encoder 47.5 %, U-Net 35 % — are the configuration Ramesh & Zhao
+(arXiv 2411.15113) recommend for Stable Diffusion 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from prunekit.config import option
+from prunekit.ops.masks import parse_pattern
+
+_PATTERN_HELP = (
+    "'unstructured' or 'N:M' (at most N non-zeros in every M consecutive input weights of a row, "
+    "e.g. '2:4'); with N:M, sparsity must be 1 - N/M or 0"
+)
+_EXCLUDE_HELP = "module-name globs (relative to the component) left dense"
+
+
+def _sparsity_problems(sparsity: float, pattern: str) -> list[str]:
+    try:
+        nm = parse_pattern(pattern)
+    except ValueError as exc:
+        return [str(exc)]
+    if nm is not None and sparsity not in (0, 0.0) and abs(sparsity - (1 - nm[0] / nm[1])) > 1e-9:
+        return [f"sparsity {sparsity} does not match pattern {pattern} ({1 - nm[0] / nm[1]:g}); set it to that or 0"]
+    return []
+
+
+@dataclass
+class TextEncoderSparsity:
+    """How much of the CLIP text encoder to prune (0 leaves it bit-identical)."""
+
+    sparsity: float = option(0.475, ge=0, lt=1, help="fraction of the prunable weights set to zero")
+    pattern: str = option("unstructured", help=_PATTERN_HELP)
+    exclude: list[str] = option([], help=_EXCLUDE_HELP)
+
+    def check(self) -> list[str]:
+        return _sparsity_problems(self.sparsity, self.pattern)
+
+
+@dataclass
+class UNetSparsity:
+    """How much of the U-Net to prune (0 leaves it bit-identical)."""
+
+    sparsity: float = option(0.35, ge=0, lt=1, help="fraction of the prunable weights set to zero")
+    pattern: str = option("unstructured", help=_PATTERN_HELP)
+    exclude: list[str] = option(["conv_in", "conv_out"], help=_EXCLUDE_HELP)
+
+    def check(self) -> list[str]:
+        return _sparsity_problems(self.sparsity, self.pattern)
+
+
+@dataclass
+class CalibrationConfig:
+    """Prompts that calibration runs through the model the way generation does."""
+
+    prompts: int = option(32, ge=1, help="the first N prompts of the dataset")
+    steps: int = option(25, ge=1, help="denoising steps per calibration generation; U-Net inputs are recorded at every step")
+    guidance_scale: float = option(7.5, ge=0, help="classifier-free guidance (> 1 also records the unconditional batch)")
+    seed: int = option(0, ge=0, help="seeds the initial noise of calibration generations")
+    batch_size: int = option(4, ge=1, help="prompts per calibration generation / text-encoder batch")
+    height: int | None = option(None, ge=8, help="calibration image height (default: the model's)")
+    width: int | None = option(None, ge=8, help="calibration image width (default: the model's)")
+
+
+@dataclass
+class PosttrainConfig:
+    """Options every post-training method has: one sparsity section per component."""
+
+    requires: ClassVar[tuple[str, ...]] = ("model",)
+
+    text_encoder: TextEncoderSparsity = field(default_factory=TextEncoderSparsity)
+    unet: UNetSparsity = field(default_factory=UNetSparsity)
+
+
+@dataclass
+class CalibratedConfig(PosttrainConfig):
+    """Methods whose scores need calibration inputs."""
+
+    requires: ClassVar[tuple[str, ...]] = ("model", "dataset")
+
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    sequential: bool = option(
+        False,
+        help="re-record each block's inputs after the blocks before it are pruned (one pass per block) "
+        "instead of one pass over the dense model",
+    )

@@ -1,0 +1,212 @@
+"""The post-training method: prune the U-Net and the text encoder separately, save the pipeline.
+
+Stages (each skipped by ``--resume`` once completed):
+
+``prune_unet``          calibrate (through the still-dense text encoder) and prune the U-Net;
+                        pruned weights go to ``artifacts/pruned/unet.safetensors``
+``prune_text_encoder``  calibrate and prune the text encoder (``artifacts/pruned/text_encoder...``)
+``save_pipeline``       the whole pipeline in diffusers format under ``artifacts/pipeline``
+                        (zeros stored densely: plain ``from_pretrained`` loads it)
+
+The U-Net goes first so that its calibration never sees a pruned text encoder: each component's
+result depends only on its own section, as in the paper, which prunes them independently and
+then combines the best sparsities. A component with sparsity 0 is left untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from prunekit.calibration import Feed, PipelineFeed, TextEncoderFeed
+from prunekit.errors import PrunekitError
+from prunekit_plugins.posttrain.config import (
+    CalibratedConfig,
+    PosttrainConfig,
+    TextEncoderSparsity,
+    UNetSparsity,
+)
+from prunekit_plugins.posttrain.engine import ComponentResult, PruningRule, prune_component
+from prunekit_plugins.posttrain.layers import PrunableLayer, select_layers
+
+if TYPE_CHECKING:
+    from prunekit.run import Run
+
+#: pruning order; see the module docstring for why the U-Net comes first
+COMPONENTS: tuple[str, ...] = ("unet", "text_encoder")
+
+
+def component_feed(pipe: Any, component: str, prompts: list[str], config: CalibratedConfig) -> Feed:
+    cal = config.calibration
+    if component == "text_encoder":
+        return TextEncoderFeed(pipe, prompts, batch_size=cal.batch_size, with_empty=cal.guidance_scale > 1)
+    return PipelineFeed(
+        pipe,
+        prompts,
+        steps=cal.steps,
+        guidance_scale=cal.guidance_scale,
+        seed=cal.seed,
+        batch_size=cal.batch_size,
+        height=cal.height,
+        width=cal.width,
+    )
+
+
+def layer_report(layers: list[PrunableLayer]) -> dict[str, Any]:
+    """Realised sparsity measured on the weights: per layer and over the pruned layers."""
+    zeros = sum(int((layer.weight == 0).sum()) for layer in layers)
+    numel = sum(layer.numel for layer in layers)
+    return {
+        "sparsity": zeros / numel if numel else 0.0,
+        "zeros": zeros,
+        "prunable_params": numel,
+        "layers": {layer.name: round(layer.sparsity(), 6) for layer in layers},
+    }
+
+
+def prune_pipeline_component(
+    pipe: Any,
+    component: str,
+    spec: TextEncoderSparsity | UNetSparsity,
+    rule: PruningRule,
+    *,
+    prompts: list[str] | None = None,
+    config: PosttrainConfig,
+    on_pass: Callable[[str], None] | None = None,
+) -> ComponentResult:
+    """Prune ``pipe.<component>`` in place as ``spec`` (its sparsity section) asks."""
+    layers = select_layers(getattr(pipe, component), spec.exclude)
+    feed = None
+    if rule.statistic is not None:
+        if not prompts:
+            raise PrunekitError(f"{type(rule).__name__} needs calibration prompts (a dataset section)")
+        feed = component_feed(pipe, component, prompts, config)
+    return prune_component(
+        layers,
+        rule,
+        sparsity=spec.sparsity,
+        pattern=spec.pattern,
+        feed=feed,
+        sequential=bool(getattr(config, "sequential", False)),
+        on_pass=on_pass,
+    )
+
+
+class PosttrainMethod:
+    """One post-training method (its rule) applied to both components of a pipeline."""
+
+    def __init__(self, name: str, config: PosttrainConfig, rule_factory: Callable[[], PruningRule]) -> None:
+        self.name = name
+        self.config = config
+        self.rule_factory = rule_factory
+
+    def _prompts(self, run: Run, rule: PruningRule) -> list[str] | None:
+        if rule.statistic is None:
+            return None
+        wanted = self.config.calibration.prompts  # type: ignore[attr-defined]
+        prompts = list(run.build("dataset").prompts)[:wanted]
+        if len(prompts) < wanted:
+            run.log.warning("calibration asks for %d prompts; the dataset has %d", wanted, len(prompts))
+        if not prompts:
+            raise PrunekitError("the dataset holds no prompts to calibrate with")
+        return prompts
+
+    def _prune_stage(self, run: Run, pipe: Any, component: str) -> dict[str, Any]:
+        from safetensors.torch import save_file
+
+        spec = getattr(self.config, component)
+        rule = self.rule_factory()
+        if spec.sparsity == 0:
+            run.log.info("%s: sparsity 0, left untouched", component)
+            return {"skipped": True}
+        prompts = self._prompts(run, rule)
+        if rule.statistic is None:
+            result = prune_pipeline_component(pipe, component, spec, rule, config=self.config)
+        else:
+            with run.progress(f"{self.name} {component}: calibration passes", total=None) as advance:
+                result = prune_pipeline_component(
+                    pipe, component, spec, rule, prompts=prompts, config=self.config,
+                    on_pass=lambda label: advance(1, block=label),
+                )
+        layers = select_layers(getattr(pipe, component), spec.exclude)
+        path = run.artifact("pruned", f"{component}.safetensors")
+        save_file({layer.name: layer.weight.detach().contiguous().cpu() for layer in layers}, str(path))
+        report = layer_report(layers)
+        run.log.info(
+            "%s: %d layers pruned to %.4f in %.1f s (%d calibration passes)",
+            component, len(layers), report["sparsity"], result.seconds, result.passes,
+        )
+        out: dict[str, Any] = {
+            "sparsity": report["sparsity"],
+            "passes": result.passes,
+            "seconds": round(result.seconds, 3),
+            "weights": str(path.relative_to(run.dir)),
+        }
+        if result.units:
+            out["blocks"] = result.units  # sequential calibration order
+        if result.skipped:
+            out["left_dense"] = result.skipped
+        if len({t.sparsity for t in result.targets.values()}) > 1:
+            out["targets"] = {name: round(t.sparsity, 6) for name, t in result.targets.items()}
+        if getattr(rule, "outlier_ratios", None):
+            out["outlier_ratios"] = {name: round(r, 6) for name, r in rule.outlier_ratios.items()}
+        return out
+
+    def _restore(self, run: Run, pipe: Any, component: str, result: dict[str, Any]) -> None:
+        """Load a completed stage's pruned weights back (``--resume``)."""
+        import torch
+        from safetensors.torch import load_file
+
+        if result.get("skipped"):
+            return
+        weights = load_file(str(run.dir / result["weights"]))
+        modules = dict(getattr(pipe, component).named_modules())
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                modules[name].weight.copy_(tensor)
+        run.log.info("%s: pruned weights restored from %s", component, result["weights"])
+
+    def run(self, run: Run) -> dict[str, Any]:
+        pipe = run.build("model")
+        results: dict[str, dict[str, Any]] = {}
+        for component in COMPONENTS:
+            stage = f"prune_{component}"
+            done = stage in run.completed_stages
+            results[component] = run.stage(stage, lambda c=component: self._prune_stage(run, pipe, c))
+            if done:
+                self._restore(run, pipe, component, results[component])
+
+        def save() -> dict[str, Any]:
+            start = time.perf_counter()
+            folder = run.artifact("pipeline")
+            pipe.save_pretrained(str(folder), safe_serialization=True)
+            return {"path": str(folder.relative_to(run.dir)), "seconds": round(time.perf_counter() - start, 3)}
+
+        saved = run.stage("save_pipeline", save)
+        return self.metrics(pipe, results, saved)
+
+    def metrics(self, pipe: Any, results: dict[str, dict[str, Any]], saved: dict[str, Any]) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"method": self.name, "pipeline": saved["path"]}
+        zeros = numel = 0
+        for component in COMPONENTS:
+            spec = getattr(self.config, component)
+            module = getattr(pipe, component)
+            layers = select_layers(module, spec.exclude)
+            report = layer_report(layers)
+            total_params = sum(p.numel() for p in module.parameters())
+            entry = {
+                "requested": spec.sparsity,
+                "pattern": spec.pattern,
+                "sparsity": report["sparsity"],
+                "sparsity_all_params": report["zeros"] / total_params,
+                "prunable_params": report["prunable_params"],
+                "params": total_params,
+                **{k: v for k, v in results[component].items() if k not in ("sparsity", "weights")},
+                "layers": report["layers"],
+            }
+            metrics[component] = entry
+            zeros += report["zeros"]
+            numel += report["prunable_params"]
+        metrics["sparsity"] = zeros / numel if numel else 0.0
+        return metrics

@@ -25,6 +25,9 @@ def preflight(recipe: Recipe, registry: Registry) -> list[str]:
             continue
         options = {k: v for k, v in section.items() if k != "name"}
         problems.extend(instantiate_schema(component.schema, options).preflight() or [])
+    from prunekit.evaluation import preflight_metrics
+
+    problems.extend(preflight_metrics(recipe.data, registry))
     return problems
 
 

@@ -11,27 +11,55 @@ from collections.abc import Callable
 from typing import Any
 
 from prunekit.hookspecs import hookimpl
-from prunekit_plugins.posttrain.config import PosttrainConfig
-from prunekit_plugins.posttrain.engine import PruningRule
-from prunekit_plugins.posttrain.magnitude import MagnitudeConfig, MagnitudeRule
-from prunekit_plugins.posttrain.method import PosttrainMethod
-from prunekit_plugins.posttrain.owl import OwlConfig, OwlRule
-from prunekit_plugins.posttrain.sparsegpt import SparseGPTConfig, SparseGPTRule
-from prunekit_plugins.posttrain.wanda import WandaConfig, WandaRule
+from prunekit_plugins.posttrain.config import (
+    MagnitudeConfig,
+    OwlConfig,
+    PosttrainConfig,
+    SparseGPTConfig,
+    WandaConfig,
+)
 
 
-def _factory(name: str, make_rule: Callable[[Any], PruningRule]) -> Callable[[PosttrainConfig], PosttrainMethod]:
-    def build(config: PosttrainConfig) -> PosttrainMethod:
+def _factory(name: str, make_rule: Callable[[Any], Any]) -> Callable[[PosttrainConfig], Any]:
+    # The method and its rule import torch; importing them only when a run builds one keeps
+    # `prunekit plugins` and `prunekit validate` fast.
+    def build(config: PosttrainConfig) -> Any:
+        from prunekit_plugins.posttrain.method import PosttrainMethod
+
         return PosttrainMethod(name, config, lambda: make_rule(config))
 
     build.__name__ = f"build_{name}"
     return build
 
 
-build_magnitude = _factory("magnitude", lambda c: MagnitudeRule(c.scope))
-build_wanda = _factory("wanda", lambda c: WandaRule(c.scope))
-build_sparsegpt = _factory("sparsegpt", lambda c: SparseGPTRule(c.blocksize, c.percdamp))
-build_owl = _factory("owl", lambda c: OwlRule(c.base, c.outlier_threshold, c.lam))
+def _magnitude(c: Any) -> Any:
+    from prunekit_plugins.posttrain.magnitude import MagnitudeRule
+
+    return MagnitudeRule(c.scope)
+
+
+def _wanda(c: Any) -> Any:
+    from prunekit_plugins.posttrain.wanda import WandaRule
+
+    return WandaRule(c.scope)
+
+
+def _sparsegpt(c: Any) -> Any:
+    from prunekit_plugins.posttrain.sparsegpt import SparseGPTRule
+
+    return SparseGPTRule(c.blocksize, c.percdamp)
+
+
+def _owl(c: Any) -> Any:
+    from prunekit_plugins.posttrain.owl import OwlRule
+
+    return OwlRule(c.base, c.outlier_threshold, c.lam)
+
+
+build_magnitude = _factory("magnitude", _magnitude)
+build_wanda = _factory("wanda", _wanda)
+build_sparsegpt = _factory("sparsegpt", _sparsegpt)
+build_owl = _factory("owl", _owl)
 
 
 @hookimpl

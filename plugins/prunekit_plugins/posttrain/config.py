@@ -7,10 +7,10 @@ The defaults — text encoder 47.5 %, U-Net 35 % — are the configuration Rames
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from prunekit.config import option
-from prunekit.ops.masks import parse_pattern
+from prunekit.ops.patterns import parse_pattern
 
 _PATTERN_HELP = (
     "'unstructured' or 'N:M' (at most N non-zeros in every M consecutive input weights of a row, "
@@ -88,3 +88,54 @@ class CalibratedConfig(PosttrainConfig):
         help="re-record each block's inputs after the blocks before it are pruned (one pass per block) "
         "instead of one pass over the dense model",
     )
+
+
+# --- per-method schemas (kept here, free of torch, so `prunekit plugins`/`validate` stay light) ---
+
+
+@dataclass
+class MagnitudeConfig(PosttrainConfig):
+    scope: Literal["layer", "row", "global"] = option(
+        "layer",
+        help="compare |W| within each layer, each output row, or across all pruned layers of the component "
+        "(ignored for N:M patterns)",
+    )
+
+
+@dataclass
+class WandaConfig(CalibratedConfig):
+    scope: Literal["row", "layer"] = option(
+        "row", help="comparison group: each output row (Wanda's choice) or the whole layer (ignored for N:M)"
+    )
+
+
+@dataclass
+class SparseGPTConfig(CalibratedConfig):
+    sequential: bool = option(
+        True,
+        help="record each block's Hessians after the blocks before it are pruned (one pass per block; "
+        "memory holds one block's Hessians)",
+    )
+    blocksize: int = option(128, ge=1, help="columns whose mask is chosen together (lazy batch size)")
+    percdamp: float = option(0.01, gt=0, help="dampening: this fraction of the mean Hessian diagonal is added to it")
+
+    def check(self) -> list[str]:
+        problems = []
+        for key, spec in (("text_encoder", self.text_encoder), ("unet", self.unet)):
+            try:
+                nm = parse_pattern(spec.pattern)
+            except ValueError:
+                continue  # reported by the section's own check
+            if nm is not None and self.blocksize % nm[1]:
+                problems.append(f"blocksize {self.blocksize} is not a multiple of {key}.pattern's group size {nm[1]}")
+        return problems
+
+
+@dataclass
+class OwlConfig(CalibratedConfig):
+    # a dataset is needed only with base 'wanda'; prunekit_check_recipe reports it
+    requires: ClassVar[tuple[str, ...]] = ("model",)
+
+    base: Literal["wanda", "magnitude"] = option("wanda", help="scores whose outliers are counted and that prune")
+    outlier_threshold: float = option(5.0, gt=0, help="OWL's M: a score is an outlier above M x the layer mean")
+    lam: float = option(0.08, ge=0, lt=0.5, help="OWL's λ: per-layer sparsities span target ± λ")

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 from torch import Tensor
 
-from prunekit.config import option
 from prunekit.ops.masks import global_prune_masks, magnitude_scores
-from prunekit_plugins.posttrain.config import PosttrainConfig
 from prunekit_plugins.posttrain.engine import LayerTarget, PruningRule, select_mask
 from prunekit_plugins.posttrain.layers import PrunableLayer
-
-
-@dataclass
-class MagnitudeConfig(PosttrainConfig):
-    scope: Literal["layer", "row", "global"] = option(
-        "layer",
-        help="compare |W| within each layer, each output row, or across all pruned layers of the component "
-        "(ignored for N:M patterns)",
-    )
 
 
 class MagnitudeRule(PruningRule):

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar, Literal
 
 from torch import Tensor
 
-from prunekit.config import option
 from prunekit.ops.masks import (
     magnitude_scores,
     outlier_ratio,
@@ -24,19 +21,8 @@ from prunekit.ops.masks import (
     parse_pattern,
     wanda_scores,
 )
-from prunekit_plugins.posttrain.config import CalibratedConfig
 from prunekit_plugins.posttrain.engine import LayerTarget, PruningRule, select_mask
 from prunekit_plugins.posttrain.layers import PrunableLayer
-
-
-@dataclass
-class OwlConfig(CalibratedConfig):
-    # a dataset is needed only with base 'wanda'; prunekit_check_recipe reports it
-    requires: ClassVar[tuple[str, ...]] = ("model",)
-
-    base: Literal["wanda", "magnitude"] = option("wanda", help="scores whose outliers are counted and that prune")
-    outlier_threshold: float = option(5.0, gt=0, help="OWL's M: a score is an outlier above M x the layer mean")
-    lam: float = option(0.08, ge=0, lt=0.5, help="OWL's λ: per-layer sparsities span target ± λ")
 
 
 def mixed_nm_keeps(sparsities: Sequence[float], group: int, target_keep: int, weights: Sequence[float]) -> list[int]:

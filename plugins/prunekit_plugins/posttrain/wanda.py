@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 from torch import Tensor
 
-from prunekit.config import option
 from prunekit.ops.masks import wanda_scores
-from prunekit_plugins.posttrain.config import CalibratedConfig
 from prunekit_plugins.posttrain.engine import LayerTarget, PruningRule, select_mask
 from prunekit_plugins.posttrain.layers import PrunableLayer
-
-
-@dataclass
-class WandaConfig(CalibratedConfig):
-    scope: Literal["row", "layer"] = option(
-        "row", help="comparison group: each output row (Wanda's choice) or the whole layer (ignored for N:M)"
-    )
 
 
 class WandaRule(PruningRule):

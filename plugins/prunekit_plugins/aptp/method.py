@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from prunekit.config import option
+from prunekit.evaluation import EvalConfig
 
 
 @dataclass
@@ -48,6 +49,7 @@ class APTPConfig:
     depth: str = option("aptp", help="depth-gate layout: aptp (the paper's 14 on SD 2.1), all or none")
     round_to: int | None = option(None, ge=1, help="round pruned channel counts up to a multiple")
     encode_batch: int = option(32, ge=1)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self) -> list[str]:
         return [] if self.depth in ("aptp", "all", "none") else [f"depth: {self.depth!r} is not one of aptp, all, none"]
@@ -64,28 +66,11 @@ class APTP:
     def run(self, run: Any) -> dict[str, Any]:
         import torch
 
-        from prunekit.unet import make_prunable
-
-        self.run_ = run
-        self.seed = int(run.recipe.data.get("seed", 0))
-        self.pipeline = run.build("model")
-        self.unet = self.pipeline.unet
-        for module in (self.unet, self.pipeline.vae, self.pipeline.text_encoder):
-            module.requires_grad_(False)
-            module.eval()
-        self.encoder = run.build("prompt_encoder")
-        run.stage("encode", self._encode)
-        self.data = self._load_encoded()
-        self.prunable = make_prunable(self.unet, depth=None if self.config.depth == "none" else self.config.depth)
-        latent_h, latent_w = self.data["latents"].shape[-2:]
-        self.text_len = int(self.data["text"].shape[1])
-        self.budget = run.build("budget", prunable=self.prunable, height=latent_h, width=latent_w, text_len=self.text_len)
+        self._check_metric_paths(run)
+        self._prepare(run)
         self.gate = run.build("gate", groups=self.prunable.groups)
         self.router = self._new_router()
         self.losses = run.build_all("losses")
-        run.log.info("prunable U-Net: %d units (%d depth); latent %dx%d, text length %d; dense %.3f GMACs",
-                     self.prunable.num_units, len(self.prunable.depth_indices), latent_h, latent_w,
-                     self.text_len, self.budget.model.dense / 1e9)
 
         warm = run.stage("prune_warmup", lambda: self._prune("warmup"))
         joint = run.stage("prune", lambda: self._prune("joint"))
@@ -95,13 +80,65 @@ class APTP:
             experts.append(run.stage(f"finetune_expert_{i}", lambda i=i: self._finetune_expert(i, routing)))
         export = run.stage("export", lambda: self._export(routing, experts))
         torch.set_grad_enabled(True)
-        return {
+        return self._finish(run, {
             "prune": {"warmup": warm, "joint": joint},
             "routing": {k: routing[k] for k in ("counts", "macs_ratio", "mean_macs_ratio", "target")},
             "experts": [{**e, "share": c / max(1, sum(routing["counts"]))}
                         for e, c in zip(experts, routing["counts"])],
             "mixture": export,
-        }
+        })
+
+    def _check_metric_paths(self, run: Any) -> None:
+        """Missing metric weights stop the run now, not after hours of training."""
+        from prunekit.errors import MissingPathError
+        from prunekit.evaluation import preflight_metrics
+
+        problems = preflight_metrics(run.recipe.data, run.registry)
+        if problems:
+            raise MissingPathError("\n".join(problems))
+
+    def _finish(self, run: Any, result: dict[str, Any]) -> dict[str, Any]:
+        """After export: the ``evaluate`` stage when the recipe has ``metrics:``, then report.html."""
+        from prunekit.evaluation import evaluate_run_stage, merge_evaluation
+        from prunekit.report import write_run_report
+
+        if run.recipe.data.get("metrics"):
+            evaluation = run.stage("evaluate", lambda: evaluate_run_stage(run, base=self.pipeline))
+            merge_evaluation(result, evaluation)
+        run.save_metrics(**result)  # the report reads metrics.json
+        write_run_report(run, base=self.pipeline)
+        return result
+
+    def _prepare(self, run: Any) -> None:
+        """Shared by every method built on these stages (see ``prunekit_plugins.baselines``): the
+        frozen pipeline, the ``encode`` stage and its cached data, the prunable U-Net and the budget."""
+        from prunekit.unet import make_prunable
+
+        self.run_ = run
+        self.seed = int(run.recipe.data.get("seed", 0))
+        self.pipeline = run.build("model")
+        self.unet = self.pipeline.unet
+        for module in (self.unet, self.pipeline.vae, self.pipeline.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        self.encoder = self._build_prompt_encoder(run)
+        run.stage("encode", self._encode)
+        self.data = self._load_encoded()
+        self.prunable = make_prunable(self.unet, depth=None if self.config.depth == "none" else self.config.depth)
+        latent_h, latent_w = self.data["latents"].shape[-2:]
+        self.text_len = int(self.data["text"].shape[1])
+        self.budget = run.build("budget", prunable=self.prunable, height=latent_h, width=latent_w, text_len=self.text_len)
+        run.log.info("prunable U-Net: %d units (%d depth); latent %dx%d, text length %d; dense %.3f GMACs",
+                     self.prunable.num_units, len(self.prunable.depth_indices), latent_h, latent_w,
+                     self.text_len, self.budget.model.dense / 1e9)
+
+    def _build_prompt_encoder(self, run: Any) -> Any:
+        return run.build("prompt_encoder")
+
+    def _deployed_sections(self) -> dict[str, Any]:
+        """The recipe sections the mixture manifest records to rebuild the prompt encoder and router."""
+        data = self.run_.recipe.data
+        return {"prompt_encoder": data["prompt_encoder"], "router": data["router"]}
 
     # -- encode -----------------------------------------------------------------------------------
 
@@ -350,8 +387,7 @@ class APTP:
         write_manifest(
             folder,
             model=data["model"],
-            prompt_encoder=data["prompt_encoder"],
-            router=data["router"],
+            **self._deployed_sections(),
             router_dims={"embed_dim": int(self.data["z"].shape[1]), "num_units": self.prunable.num_units},
             experts=[{"id": e["expert"], "path": e["path"], "macs": routing["macs"][e["expert"]],
                       "macs_ratio": e["macs_ratio"], "share": routing["counts"][e["expert"]] / total}

@@ -1,12 +1,17 @@
 """``dense_finetune``: fine-tune the unpruned U-Net with the recipe's losses (the reference row
-of every comparison, and the smallest complete training run)."""
+of every comparison, and the smallest complete training run).
+
+The same method pre-trains a model from scratch (``recipes/tiny/pretrain.yaml``): ``vae_steps``
+first trains the autoencoder on the dataset's images, and ``train_text_encoder`` trains the text
+encoder jointly with the U-Net.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
 from prunekit.hookspecs import hookimpl
@@ -21,6 +26,14 @@ class DenseFinetuneConfig:
     warmup_steps: int = option(0, ge=0)
     cond_dropout: float = option(0.0, ge=0, le=1, help="share of samples trained with the empty prompt (for CFG)")
     encode_batch: int = option(32, ge=1)
+    train_text_encoder: bool = option(False, help="also train the text encoder (same LR), e.g. from scratch")
+    vae_steps: int = option(0, ge=0, help="first train the autoencoder on the dataset images for this many steps")
+    vae_lr: float = option(1e-3, gt=0)
+    vae_kl_weight: float = option(1e-6, ge=0, help="KL weight against the per-pixel reconstruction loss")
+    save_dtype: Literal["float32", "float16", "bfloat16"] = option(
+        "float32", help="dtype of the saved pipeline weights (load them back with torch_dtype)"
+    )
+    max_shard_size: str | None = option(None, help="split saved weight files above this size, e.g. '7MB'")
 
 
 class DenseFinetune:
@@ -32,6 +45,10 @@ class DenseFinetune:
     def run(self, run: Any) -> dict[str, Any]:
         pipeline = run.build("model")
         encoded_path = run.artifact("encoded.safetensors")
+        results: dict[str, Any] = {}
+        if self.config.vae_steps > 0:
+            results["vae"] = run.stage("train_vae", lambda: self._train_vae(run, pipeline))
+            self._load_vae(run, pipeline, results["vae"])
 
         def encode() -> dict[str, Any]:
             from prunekit.data import encode_dataset
@@ -43,8 +60,77 @@ class DenseFinetune:
             return {"samples": len(encoded.prompts), "latent_shape": list(encoded.latents.shape[1:])}
 
         run.stage("encode", encode)
-        result = run.stage("finetune", lambda: self._finetune(run, pipeline, encoded_path))
-        return {"finetune": result}
+        results["finetune"] = run.stage("finetune", lambda: self._finetune(run, pipeline, encoded_path))
+        return results
+
+    # -- autoencoder ------------------------------------------------------------------------------
+
+    def _train_vae(self, run: Any, pipeline: Any) -> dict[str, Any]:
+        import torch
+        from safetensors.torch import save_file
+
+        from prunekit.engine import micro_batch_indices, train
+        from prunekit.engine_config import EngineConfig
+
+        cfg = self.config
+        engine_cfg = EngineConfig(**run.recipe.data["engine"])
+        seed = int(run.recipe.data.get("seed", 0))
+        dataset = run.build("dataset")
+        # uint8 keeps a large image set small in memory; 8-bit is what the images were anyway.
+        images = torch.stack([
+            ((dataset[i]["image"].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8) for i in range(len(dataset))
+        ])
+        held_out = images[-min(len(images) // 10, 512):] if len(images) >= 20 else images
+        vae = pipeline.vae
+        vae.requires_grad_(True)
+        vae.train()
+
+        def batch_fn(index: int) -> torch.Tensor:
+            return images[micro_batch_indices(len(images), engine_cfg.micro_batch, index, seed)]
+
+        def loss_fn(model: Any, batch: torch.Tensor, step: int):
+            x = (batch.float() / 127.5 - 1).to(next(model.parameters()).device)
+            posterior = model.encode(x).latent_dist
+            recon = model.decode(posterior.sample()).sample
+            l1 = (recon - x).abs().mean()
+            kl = posterior.kl().mean() / x[0].numel()
+            return l1 + cfg.vae_kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach())}
+
+        start = time.perf_counter()
+        with run.progress("train autoencoder", cfg.vae_steps) as advance:
+            result = train(vae, loss_fn, batch_fn, cfg=engine_cfg, lr=cfg.vae_lr, steps=cfg.vae_steps,
+                           warmup_steps=min(cfg.warmup_steps, cfg.vae_steps), ckpt_dir=run.checkpoint_dir("train_vae"),
+                           seed=seed, name="train_vae", on_step=lambda s, rec: advance(1, l1=rec["l1"]))
+        seconds = time.perf_counter() - start
+        vae.load_state_dict(result.state_dict)
+        vae.requires_grad_(False)
+        vae.eval()
+        device = next(vae.parameters()).device
+        with torch.no_grad():
+            x = held_out.float().to(device) / 127.5 - 1
+            mean = torch.cat([vae.encode(x[i : i + 64]).latent_dist.mean for i in range(0, len(x), 64)])
+            recon = torch.cat([vae.decode(mean[i : i + 64]).sample for i in range(0, len(mean), 64)]).clamp(-1, 1)
+        # SD's convention: latents are scaled to unit variance before diffusion.
+        scaling = float(1.0 / mean.float().std())
+        mse = float(((recon - x) ** 2).mean() / 4)  # on the [0, 1] scale
+        save_file({k: v.detach().contiguous().cpu() for k, v in result.state_dict.items()}, str(run.artifact("vae.safetensors")))
+        run.artifact("train_vae_history.json").write_text(json.dumps(result.history))
+        return {"steps": cfg.vae_steps, "seconds": round(seconds, 2), "scaling_factor": scaling,
+                "held_out_images": len(held_out), "held_out_psnr": round(-10 * torch.log10(torch.tensor(mse)).item(), 3),
+                "held_out_l1": float((recon - x).abs().mean() / 2)}
+
+    def _load_vae(self, run: Any, pipeline: Any, result: dict[str, Any]) -> None:
+        """The trained autoencoder, also when ``--resume`` skipped its stage."""
+        from safetensors.torch import load_file
+
+        vae = pipeline.vae
+        state = load_file(str(run.artifact("vae.safetensors")))
+        vae.load_state_dict({k: v.to(next(vae.parameters()).device) for k, v in state.items()})
+        vae.register_to_config(scaling_factor=result["scaling_factor"])
+        vae.requires_grad_(False)
+        vae.eval()
+
+    # -- U-Net (and text encoder) -----------------------------------------------------------------
 
     def _finetune(self, run: Any, pipeline: Any, encoded_path: Any) -> dict[str, Any]:
         import torch
@@ -59,26 +145,47 @@ class DenseFinetune:
         data = EncodedDataset.load(encoded_path)
         empty = encode_prompts(pipeline, [""])[0]
         losses = run.build_all("losses")
-        unet, scheduler = pipeline.unet, pipeline.scheduler
-        for module in (pipeline.vae, pipeline.text_encoder):
+        unet, scheduler, text_encoder = pipeline.unet, pipeline.scheduler, pipeline.text_encoder
+        for module in (pipeline.vae, text_encoder):
             module.requires_grad_(False)
         unet.requires_grad_(True)
         n = len(data.prompts)
         seed = int(run.recipe.data.get("seed", 0))
+        trained: Any = unet
+        if cfg.train_text_encoder:
+            tok = pipeline.tokenizer
+            token_ids = tok(data.prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids
+            empty_ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
+            text_encoder.requires_grad_(True)
+            text_encoder.train()
+            trained = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
 
         def batch_fn(index: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = micro_batch_indices(n, engine_cfg.micro_batch, index, seed)
+            if cfg.train_text_encoder:
+                return data.latents[idx], token_ids[idx]
             return data.latents[idx], data.text_embeddings[idx]
 
         def loss_fn(model: Any, batch: tuple[torch.Tensor, torch.Tensor], step: int):
             latents, cond = batch
+            # The engine may have moved the model to an accelerator; the cached data lives on the CPU.
+            device = next(model.parameters()).device
+            latents, cond = latents.to(device), cond.to(device)
             if cfg.cond_dropout > 0:
-                drop = torch.rand(len(cond)) < cfg.cond_dropout
-                cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
+                drop = (torch.rand(len(cond)) < cfg.cond_dropout).to(device)
+                if cfg.train_text_encoder:
+                    cond = torch.where(drop[:, None], empty_ids.to(device).expand_as(cond), cond)
+                else:
+                    cond = torch.where(drop[:, None, None], empty.to(device).expand_as(cond), cond)
+            denoiser = model
+            if cfg.train_text_encoder:
+                cond = model["text_encoder"](cond)[0]
+                denoiser = model["unet"]
             noise = torch.randn_like(latents)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),)).to(device)
             noisy = scheduler.add_noise(latents, noise, t)
-            pred = model(noisy, t, encoder_hidden_states=cond).sample
+            pred = denoiser(noisy, t, encoder_hidden_states=cond).sample
             inputs = LossInputs(pred=pred, noise=noise, latents=latents, timesteps=t, scheduler=scheduler)
             parts = {name: loss(inputs) for name, loss in losses.items()}
             return sum(parts.values()), {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
@@ -86,15 +193,17 @@ class DenseFinetune:
         start = time.perf_counter()
         with run.progress("dense fine-tune", cfg.steps) as advance:
             result = train(
-                unet, loss_fn, batch_fn, cfg=engine_cfg, lr=cfg.lr, steps=cfg.steps,
+                trained, loss_fn, batch_fn, cfg=engine_cfg, lr=cfg.lr, steps=cfg.steps,
                 warmup_steps=cfg.warmup_steps, ckpt_dir=run.checkpoint_dir("finetune"), seed=seed,
                 name="finetune", on_step=lambda step, rec: advance(1, loss=rec["loss"]),
             )
             advance(result.resumed_from)
         seconds = time.perf_counter() - start
-        unet.load_state_dict(result.state_dict)
+        trained.load_state_dict(result.state_dict)
+        trained.requires_grad_(False)
+        trained.eval()
         out = run.artifact("pipeline")
-        pipeline.save_pretrained(out, safe_serialization=True)
+        self._save(pipeline, out)
         run.artifact("finetune_history.json").write_text(json.dumps(result.history))
         tail = max(1, len(result.history) // 10)
         return {
@@ -104,6 +213,17 @@ class DenseFinetune:
             "seconds": round(seconds, 2),
             "pipeline": str(out),
         }
+
+    def _save(self, pipeline: Any, out: Any) -> None:
+        import torch
+
+        kwargs: dict[str, Any] = {"safe_serialization": True}
+        if self.config.max_shard_size:
+            kwargs["max_shard_size"] = self.config.max_shard_size
+        if self.config.save_dtype != "float32":
+            # The last stage: the in-memory pipeline is not used after this, so cast it in place.
+            pipeline.to(getattr(torch, self.config.save_dtype))
+        pipeline.save_pretrained(out, **kwargs)
 
 
 @hookimpl

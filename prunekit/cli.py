@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--width", type=int, default=None)
     generate.add_argument("--device", default="cpu")
 
+    from prunekit import evaluation, report, sweep
+
+    sweep.add_arguments(sub.add_parser("sweep", help="run a grid or list of recipes and compare them"))
+    evaluation.add_eval_arguments(sub.add_parser("eval", help="evaluate a run's mixture (metrics of its recipe)"))
+    report.add_report_arguments(sub.add_parser("report", help="rebuild a run's report.html from its directory"))
+
     plugins = sub.add_parser("plugins", help="list registered components")
     plugins.add_argument("--kind", help="only this kind (router, gate, loss, ...)")
     return parser
@@ -143,6 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "sweep":
+            from prunekit.sweep import main as sweep_main
+
+            return sweep_main(args)
+        if args.command == "eval":
+            from prunekit.evaluation import main_eval
+
+            return main_eval(args)
+        if args.command == "report":
+            from prunekit.report import main_report
+
+            return main_report(args)
     except PrunekitError as exc:
         _print_errors(exc)
         return exc.exit_code

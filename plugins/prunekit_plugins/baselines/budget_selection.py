@@ -1,0 +1,111 @@
+"""Choose the units to keep so that the pruned U-Net meets a MAC budget, by score.
+
+Greedy on the exact MAC model: remove the lowest-scoring removable unit anywhere in the network
+until the MACs are at or below the target; then add back, highest score first, removed units that
+still fit, so the result lands just under the target instead of up to one unit's MACs below it.
+A width layer never loses its last unit. With ``round_to``, a width layer only takes kept counts
+whose channel count is a multiple of ``round_to`` (or all its units), and removal steps move between
+those counts, scored by the mean score of the units they remove.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Selection:
+    mask: Any  # BoolTensor (units,)
+    macs: float
+    ratio: float
+    target: float
+
+
+@dataclass
+class _Group:
+    order: list[int]  # unit indices, highest score first (ties: lower index first)
+    allowed: list[int]  # kept counts this group may take, ascending
+    kept: int
+
+
+def _groups(inventory: Any, scores: Any, round_to: int | None) -> list[_Group]:
+    groups = []
+    for layer in inventory.width_layers:
+        units = list(range(layer.start, layer.stop))
+        order = sorted(units, key=lambda u: (-float(scores[u]), u))
+        if round_to:
+            allowed = [k for k in range(1, layer.count) if (k * layer.size) % round_to == 0] + [layer.count]
+        else:
+            allowed = list(range(1, layer.count + 1))
+        groups.append(_Group(order, allowed, layer.count))
+    for layer in inventory.depth_layers:
+        groups.append(_Group([layer.start], [0, 1], 1))
+    return groups
+
+
+def _step(group: _Group, scores: Any, direction: int) -> tuple[float, list[int]] | None:
+    """(mean score, units) of the next removal (direction -1) or addition (+1) in ``group``."""
+    i = group.allowed.index(group.kept)
+    j = i + direction
+    if j < 0 or j >= len(group.allowed):
+        return None
+    lo, hi = sorted((group.kept, group.allowed[j]))
+    units = group.order[lo:hi]
+    return sum(float(scores[u]) for u in units) / len(units), units
+
+
+def select_under_budget(mac_model: Any, inventory: Any, scores: Any, target_ratio: float, *,
+                        round_to: int | None = None) -> Selection:
+    """Keep the highest-scoring units whose MACs (``mac_model``, exact) stay within ``target_ratio``
+    of the dense model's. Raises ``ValueError`` if even the smallest allowed architecture is too big."""
+    import torch
+
+    target = target_ratio * mac_model.dense
+    tolerance = 1e-9 * mac_model.dense  # float64 sums of per-unit coefficients
+    mask = torch.ones(inventory.num_units, dtype=torch.float64)
+    macs = float(mac_model(mask))
+    groups = _groups(inventory, scores, round_to)
+
+    heap: list[tuple[float, int, int]] = []
+
+    def push(g: int, direction: int) -> None:
+        step = _step(groups[g], scores, direction)
+        if step is not None:
+            heapq.heappush(heap, (direction * -step[0], g, groups[g].kept))
+
+    for g in range(len(groups)):
+        push(g, -1)
+    while macs > target + tolerance:
+        if not heap:
+            raise ValueError(f"a MAC budget of {target_ratio:.4f} cannot be met: the smallest architecture this "
+                             f"unit inventory allows costs {macs / mac_model.dense:.4f} of the dense MACs")
+        _, g, kept = heapq.heappop(heap)
+        if groups[g].kept != kept:
+            continue
+        step = _step(groups[g], scores, -1)
+        assert step is not None
+        mask[step[1]] = 0.0
+        groups[g].kept -= len(step[1])
+        macs = float(mac_model(mask))
+        push(g, -1)
+
+    heap = []
+    for g in range(len(groups)):
+        push(g, +1)
+    while heap:
+        _, g, kept = heapq.heappop(heap)
+        if groups[g].kept != kept:
+            continue
+        step = _step(groups[g], scores, +1)
+        assert step is not None
+        trial = mask.clone()
+        trial[step[1]] = 1.0
+        trial_macs = float(mac_model(trial))
+        if trial_macs > target + tolerance:
+            continue  # MACs only grow from here, so this group's later additions cannot fit either
+        mask, macs = trial, trial_macs
+        groups[g].kept += len(step[1])
+        push(g, +1)
+    return Selection(mask.bool(), macs, macs / mac_model.dense, target_ratio)

@@ -1,0 +1,284 @@
+"""Sweeps: validation of the whole file at once, running points as ordinary runs, skipping and
+resuming after a kill, failures recorded per point, the comparison table and plots."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+
+from prunekit.errors import RunDirError
+from prunekit.sweep import MetricColumn, column_value, load_sweep, lookup, macs_ratio, plot_series, run_sweep
+
+DENSE = REPO / "recipes" / "tiny" / "dense_finetune.yaml"
+USED_PLUGINS = ["models", "datasets", "losses", "finetune", "gates", "budgets", "aptp", "baselines"]
+# One optimizer step on 8 samples of 16 px: a complete run in a few seconds.
+TINY_POINT = ["dataset.size=8", "dataset.resolution=16", "engine.micro_batch=4", "engine.zero_stage=0",
+              "method.warmup_steps=0", "method.steps=1", "engine.checkpoint_every=1", "engine.threads=1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the tiny points run with engine.threads=1
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _sweep_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prunekit.sweep", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_broken_sweep_file_reports_every_problem_at_once_and_exits_2(tmp_path):
+    broken = _write(tmp_path / "broken.yaml", f"""
+nmae: broken
+output_dir: {tmp_path / 'out'}
+grid: {{budget.target: [0.6, 1.5]}}
+points:
+  - {{label: norm, recipe: {REPO}/recipes/tiny/norm.yaml, overides: [seed=1]}}
+  - {{label: uni, recipe: {REPO}/recipes/tiny/uni_arch.yaml, overrides: [method.prune.iterz=3]}}
+  - {{label: gone, recipe: missing.yaml}}
+  - {{label: norm, recipe: {REPO}/recipes/tiny/norm.yaml}}
+metrics: [experts.0.macs, {{name: loss, paths: [x]}}]
+launcher: {{mode: threads}}
+plot: {{series: [num_codes]}}
+""")
+    result = _sweep_cli(str(broken))
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    expected = [
+        "nmae: unknown key (did you mean 'name'?)",
+        "points[0].overides: unknown key (did you mean 'overrides'?)",
+        "launcher.mode: 'threads' is not one of 'inprocess', 'subprocess'",
+        "metrics[1].paths: unknown key (did you mean 'path'?)",
+        "plot: 'num_codes' is not a grid axis",
+        "the label 'norm@target=0.6' is used by 2 points",
+        "points uni@target=0.6, uni@target=1.5: ",  # one line for a problem shared by several points
+        "method.prune.iterz: unknown key (did you mean 'iters'?)",
+        "budget.target: 1.5 is out of range (must be <= 1)",
+        "points gone@target=0.6, gone@target=1.5: recipe ",
+    ]
+    for text in expected:
+        assert any(text in line for line in lines), (text, lines)
+    assert not (tmp_path / "out").exists(), "nothing may run or be created when the sweep file is invalid"
+
+
+def test_shipped_sweeps_validate_without_importing_torch():
+    # Only the plugins these sweeps use: whether other plugins import torch is their own test's business.
+    code = (
+        "import sys, importlib\nfrom pathlib import Path\nfrom prunekit.registry import Registry\n"
+        "from prunekit.sweep import load_sweep\n"
+        "registry = Registry()\n"
+        f"for name in {USED_PLUGINS!r}:\n"
+        "    registry.add_plugin(importlib.import_module('prunekit_plugins.' + name), name=name)\n"
+        "out = {}\n"
+        "for path in sorted(Path('recipes/sweeps').glob('*.yaml')):\n"
+        "    sweep = load_sweep(path, registry=registry)\n"
+        "    out[path.stem] = [[p.label, p.method, (p.recipe.data.get('budget') or {}).get('target'),\n"
+        "                       (p.recipe.data.get('router') or {}).get('num_codes'),\n"
+        "                       (p.recipe.data['method'].get('finetune') or {}).get('iters', p.recipe.data['method'].get('steps')),\n"
+        "                       sweep.shown_command(p)] for p in sweep.points]\n"
+        "assert 'torch' not in sys.modules, 'validating a sweep imported torch'\n"
+        "print(__import__('json').dumps(out))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = json.loads(result.stdout)
+    assert {"tiny_methods", "coco_table1", "coco_table3"} <= set(sweeps)
+    table1 = {row[0]: row[1:] for row in sweeps["coco_table1"]}
+    assert table1["norm"][:4] == ["norm", 0.78, None, 50000]
+    assert table1["aptp_small"][:4] == ["aptp", 0.64, 8, 30000]
+    assert table1["aptp_base"][:4] == ["aptp", 0.78, 8, 30000]
+    assert table1["dense"][:4] == ["dense_finetune", None, None, 30000]
+    assert all(row[4].startswith("torchrun --nproc_per_node=8 -m prunekit run ") for row in table1.values())
+    table3 = {row[0]: row[1:] for row in sweeps["coco_table3"]}
+    assert list(table3) == ["uni_arch", "contrastive_router", "optimal_transport", "distillation"]
+    assert all(row[1] == 0.8 and row[3] == 10000 for row in table3.values())
+    assert [row[0] for row in table3.values()] == ["uni_arch", "aptp", "aptp", "aptp"]
+    assert all(row[2] == 8 for row in list(table3.values())[1:])
+    methods = {(row[1], row[2]) for row in sweeps["tiny_methods"]}
+    assert methods == {("aptp", 0.6), ("aptp", 0.8), ("norm", 0.6), ("norm", 0.8), ("uni_arch", 0.6),
+                       ("uni_arch", 0.8), ("dense_finetune", None)}
+
+
+def test_grid_expansion_labels_and_metric_lookups(tmp_path):
+    sweep_file = _write(tmp_path / "grid.yaml", f"""
+name: grid
+base: {DENSE}
+grid:
+  - {{method.lr: [1.0e-4, 2.0e-4], seed: [0, 1]}}
+  - {{method.lr: [5.0e-4], model.block_out_channels: [[16, 32]]}}
+plot: {{series: [lr]}}
+""")
+    sweep = load_sweep(sweep_file, output=tmp_path / "out", overrides=["dataset.size=4"])
+    assert [p.label for p in sweep.points] == [
+        "lr=0.0001,seed=0", "lr=0.0001,seed=1", "lr=0.0002,seed=0", "lr=0.0002,seed=1",
+        "lr=0.0005,block_out_channels=[16, 32]"]
+    assert sweep.points[4].recipe.data["model"]["block_out_channels"] == [16, 32]
+    assert sweep.points[1].recipe.data["seed"] == 1 and sweep.points[1].recipe.data["dataset"]["size"] == 4
+    assert sweep.points[2].series == "grid@lr=0.0002"
+    assert sweep.points[0].run_dir == tmp_path / "out" / "runs" / "lr=0.0001,seed=0"
+
+    metrics = {"experts": [{"macs_ratio": 0.5, "share": 0.25, "final_loss": 2.0},
+                           {"macs_ratio": 0.9, "share": 0.75, "final_loss": 1.0},
+                           {"macs_ratio": 0.7, "share": 0.0}],
+               "routing": {"counts": [1, 3, 0]}}
+    assert macs_ratio(metrics) == pytest.approx(0.25 * 0.5 + 0.75 * 0.9)
+    assert macs_ratio({"finetune": {"loss_last": 1.0}}) == 1.0  # no experts: the unpruned model
+    assert lookup(metrics, "experts.*.final_loss") == pytest.approx(0.25 * 2.0 + 0.75 * 1.0)
+    assert lookup(metrics, "routing.counts.1") == 3 and lookup(metrics, "experts.-1.share") == 0.0
+    assert lookup(metrics, "experts.7.macs_ratio") is None and lookup(metrics, "nothing.here") is None
+    assert column_value(metrics, MetricColumn("loss", ("finetune.loss_last", "experts.0.final_loss"))) == 2.0
+
+    # two seeds at lr 1 average into one point; lr 2 is a point of its own; failed rows are left out
+    rows = [{"series": "a", "status": "completed", "lr": lr, "seed": s, "macs_ratio": x, "fid": y}
+            for lr, s, x, y in [(1, 0, 0.6, 10.0), (1, 1, 0.62, 12.0), (2, 0, 0.8, 8.0)]]
+    rows.append({"series": "a", "status": "failed", "lr": 1, "seed": 2, "macs_ratio": 0.7, "fid": 1.0})
+    assert plot_series(rows, "macs_ratio", "fid", axes=["lr", "seed"], average=["seed"]) == \
+        {"a": [(pytest.approx(0.61), pytest.approx(11.0)), (0.8, 8.0)]}
+
+
+def _completed(run_dir: Path) -> bool:
+    info = run_dir / "run.json"
+    return info.is_file() and json.loads(info.read_text()).get("status") == "completed"
+
+
+def test_sweep_completes_after_a_kill_skipping_finished_points_and_writes_table_and_plot(tmp_path):
+    out = tmp_path / "sweep"
+    sweep_file = _write(tmp_path / "four.yaml", f"""
+name: four
+base: {DENSE}
+overrides: {json.dumps(TINY_POINT)}
+points:
+  - {{label: a, overrides: [method.lr=1.0e-4]}}
+  - {{label: b, overrides: [method.lr=2.0e-4]}}
+  - {{label: c, overrides: [method.lr=3.0e-4, method.steps=8]}}
+  - {{label: d, overrides: [method.lr=4.0e-4]}}
+metrics: [finetune.loss_last, {{name: steps, path: [experts.0.finetune_steps, finetune.steps]}}]
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "prunekit.sweep", str(sweep_file), "--output", str(out)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = out / "runs"
+    latest = runs / "c" / "checkpoints" / "finetune" / "latest"
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if latest.is_file() and latest.read_text().strip() in ("step_1", "step_2", "step_3", "step_4", "step_5", "step_6"):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and time.time() >= deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the sweep finished before it could be killed"
+    assert _completed(runs / "a") and _completed(runs / "b")
+    assert not _completed(runs / "c") and not (runs / "d").exists()
+    finished = {p: [(runs / p / name).read_text() for name in ("run.json", "run.log")] for p in ("a", "b")}
+
+    directory = run_sweep(sweep_file, output=out)
+    assert directory == out
+    state = json.loads((out / "sweep.json").read_text())
+    status = {p["label"]: (p["status"], p["reused"]) for p in state["points"]}
+    assert status == {"a": ("completed", True), "b": ("completed", True), "c": ("completed", False),
+                      "d": ("completed", False)}
+    for p in ("a", "b"):  # skipped: not run again (a resumed run appends to its log)
+        assert [(runs / p / name).read_text() for name in ("run.json", "run.log")] == finished[p]
+    assert "resuming" in (runs / "c" / "run.log").read_text()
+    assert "finetune: resumed from checkpoint" in (runs / "c" / "run.log").read_text()
+    history = json.loads((runs / "c" / "artifacts" / "finetune_history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["label"] for r in rows] == ["a", "b", "c", "d"]
+    assert all(r["status"] == "completed" and float(r["macs_ratio"]) == 1.0 for r in rows)
+    assert [int(float(r["steps"])) for r in rows] == [1, 1, 8, 1]
+    table = (out / "results.md").read_text()
+    assert "| label | series | method | status | macs_ratio | finetune.loss_last | steps |" in table
+    assert table.count("| dense_finetune | completed |") == 4
+    from PIL import Image
+
+    plot = Image.open(out / "plots" / "finetune.loss_last.png")
+    assert plot.size[0] > 300 and len(plot.getcolors(1 << 16)) > 2  # drawn, not blank
+    assert "plots/finetune.loss_last.png" in table
+    commands = (out / "commands.sh").read_text().splitlines()
+    assert sum(line.startswith("prunekit run ") for line in commands) == 4
+
+
+def test_a_point_failing_at_run_time_is_recorded_and_the_others_finish(tmp_path):
+    out = tmp_path / "sweep"
+    sweep_file = _write(tmp_path / "fail.yaml", f"""
+name: fail
+base: {DENSE}
+overrides: {json.dumps(TINY_POINT)}
+points:
+  - {{label: broken, overrides: [model.cross_attention_dim=33]}}  # valid, but no text encoder has 33 / 2 heads
+  - {{label: fine}}
+metrics: [finetune.loss_last]
+""")
+    run_sweep(sweep_file, output=out)
+    state = {p["label"]: p for p in json.loads((out / "sweep.json").read_text())["points"]}
+    assert state["broken"]["status"] == "failed" and "not a multiple of the number of attention heads" in state["broken"]["error"]
+    assert state["fine"]["status"] == "completed" and _completed(out / "runs" / "fine")
+    table = (out / "results.md").read_text()
+    assert "| broken | broken | dense_finetune | failed |" in table and "attention heads" in table
+
+    from prunekit.sweep import main
+
+    args = argparse.Namespace(sweep=str(sweep_file), output=str(out), resume=True, dry_run=False, overrides=[])
+    assert main(args) == 1  # still failing on a rerun; the completed point is skipped
+    assert json.loads((out / "sweep.json").read_text())["points"][1]["reused"] is True
+    with pytest.raises(RunDirError, match="already exists"):
+        run_sweep(sweep_file, output=out, resume=False)
+    # a completed run of a different recipe is never passed off as this point's result
+    _write(sweep_file, sweep_file.read_text().replace("{label: fine}", "{label: fine, overrides: [method.lr=0.5]}"))
+    run_sweep(sweep_file, output=out)
+    fine = json.loads((out / "sweep.json").read_text())["points"][1]
+    assert fine["status"] == "failed" and "differs from the one it was started with" in fine["error"]
+
+
+@pytest.mark.slow
+def test_tiny_methods_sweep_through_subprocess_launches(tmp_path):
+    """APTP, norm, uni-arch and dense fine-tuning, each launched as its own ``prunekit run`` process."""
+    fast = ["dataset.size=16", "dataset.resolution=16", "engine.micro_batch=4", "engine.threads=1"]
+    sweep_file = _write(tmp_path / "methods.yaml", f"""
+name: methods
+launcher: {{mode: subprocess}}
+overrides: {json.dumps(fast)}
+grid: {{budget.target: [0.7]}}
+points:
+  - {{label: aptp, recipe: {REPO}/recipes/tiny/aptp_smoke.yaml,
+     overrides: [method.prune.warmup_iters=2, method.prune.iters=2, method.finetune.iters=1]}}
+  - {{label: norm, recipe: {REPO}/recipes/tiny/norm.yaml, overrides: [method.finetune.iters=1]}}
+  - {{label: uni_arch, recipe: {REPO}/recipes/tiny/uni_arch.yaml,
+     overrides: [method.prune.iters=2, method.finetune.iters=1]}}
+  - {{label: dense, recipe: {DENSE}, grid: null, overrides: [method.steps=1, engine.zero_stage=0]}}
+metrics: [{{name: finetune_loss, path: [experts.*.final_loss, finetune.loss_last]}}]
+""")
+    out = run_sweep(sweep_file, output=tmp_path / "out")
+    with open(out / "results.csv") as handle:
+        rows = {r["label"]: r for r in csv.DictReader(handle)}
+    assert list(rows) == ["aptp@target=0.7", "norm@target=0.7", "uni_arch@target=0.7", "dense"]
+    assert all(r["status"] == "completed" for r in rows.values()), {k: r["error"] for k, r in rows.items()}
+    assert abs(float(rows["norm@target=0.7"]["macs_ratio"]) - 0.7) <= 0.007
+    assert abs(float(rows["uni_arch@target=0.7"]["macs_ratio"]) - 0.7) <= 0.007
+    assert float(rows["dense"]["macs_ratio"]) == 1.0
+    assert all(float(r["finetune_loss"]) > 0 for r in rows.values())
+    assert (out / "logs" / "norm@target=0.7.log").read_text().startswith("$ ")
+    assert (out / "plots" / "finetune_loss.png").is_file()

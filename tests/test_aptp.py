@@ -136,7 +136,7 @@ def test_kill_and_resume_gives_the_same_final_state(tmp_path):
     from safetensors.torch import load_file
 
     for name in ["router_joint.safetensors", "mixture/router.safetensors",
-                 *[f"mixture/experts/expert_{i:02d}/diffusion_pytorch_model.safetensors" for i in range(4)]]:
+                 *[f"mixture/experts/expert_{i:02d}/model.safetensors" for i in range(4)]]:
         a, b = load_file(full / "artifacts" / name), load_file(killed / "artifacts" / name)
         assert a.keys() == b.keys()
         for key in a:

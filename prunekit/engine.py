@@ -79,11 +79,17 @@ def deepspeed_config(cfg: EngineConfig, world_size: int) -> dict[str, Any]:
     }
 
 
-def warmup_constant(warmup_steps: int) -> Callable[[int], float]:
-    """Linear warm-up to the base LR, then constant (the APTP paper's schedule)."""
+def warmup_constant(warmup_steps: int, cooldown_steps: int = 0, total_steps: int = 0) -> Callable[[int], float]:
+    """Linear warm-up to the base LR, then constant (the APTP paper's schedule); optionally a linear
+    cool-down over the last ``cooldown_steps`` of ``total_steps``, so learned gates settle instead of
+    ending mid-oscillation around their budget."""
 
     def factor(step: int) -> float:
-        return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+        up = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+        if cooldown_steps <= 0:
+            return up
+        left = total_steps - step
+        return min(up, max(left, 1) / (cooldown_steps + 1))
 
     return factor
 
@@ -130,6 +136,7 @@ def train(
     ckpt_dir: str | Path,
     seed: int = 0,
     warmup_steps: int = 0,
+    cooldown_steps: int = 0,
     param_groups: Iterable[dict[str, Any]] | None = None,
     name: str = "train",
     on_step: Callable[[int, dict[str, float]], None] | None = None,
@@ -160,7 +167,7 @@ def train(
     optimizer = torch.optim.AdamW(
         groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(warmup_steps, cooldown_steps, steps))
     engine, _, _, _ = deepspeed.initialize(
         model=module,
         optimizer=optimizer,

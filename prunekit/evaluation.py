@@ -347,6 +347,9 @@ def preflight_metrics(recipe_data: Mapping[str, Any], registry: Any) -> list[str
             continue
         if hasattr(component.schema, "preflight"):
             problems.extend(instantiate_schema(component.schema, options).preflight() or [])
+    if recipe_data.get("metrics") and not _eval_dataset_section(recipe_data):
+        problems.append("method.eval.dataset: the recipe has metrics but no dataset to take prompts and real "
+                        "images from (set method.eval.dataset or a dataset section)")
     section = eval_config(recipe_data).dataset
     if section:
         where = "method.eval.dataset"
@@ -377,16 +380,10 @@ def load_mixture(mixture_dir: str | Path, registry: Any, *, base: Any = None, de
     return PromptRoutedPipeline.from_pretrained(mixture_dir, device=device, registry=registry, base=base)
 
 
-def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], registry: Any, *, base: Any = None,
-                     device: str | None = None, log: logging.Logger | None = None) -> dict[str, Any]:
-    """Evaluate a mixture (and, by default, its teacher) with the recipe's metrics and ``method.eval``.
-
-    Returns a JSON-able dict: ``settings``, ``prompts``, ``teacher`` and ``mixture`` (each
-    ``{"metrics", "generation"}``) and ``experts`` (per-expert image counts and metrics).
-    """
+def _eval_setup(recipe_data: Mapping[str, Any], registry: Any, log: logging.Logger) -> tuple[Any, ...]:
+    """The recipe's eval settings, metric plugins, prompts, real images and attributes."""
     from prunekit.errors import RecipeError
 
-    log = log or LOG
     config = eval_config(recipe_data)
     metrics = build_metrics(recipe_data, registry)
     if not metrics:
@@ -398,6 +395,18 @@ def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], re
     indices = select_indices(len(dataset), config.prompts, config.seed)
     prompts, real, attributes = load_eval_data(dataset, indices)
     log.info("evaluate: %d prompts from dataset %r; metrics %s", len(prompts), section["name"], ", ".join(metrics))
+    return config, metrics, section, prompts, real, attributes
+
+
+def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], registry: Any, *, base: Any = None,
+                     device: str | None = None, log: logging.Logger | None = None) -> dict[str, Any]:
+    """Evaluate a mixture (and, by default, its teacher) with the recipe's metrics and ``method.eval``.
+
+    Returns a JSON-able dict: ``settings``, ``prompts``, ``teacher`` and ``mixture`` (each
+    ``{"metrics", "generation"}``) and ``experts`` (per-expert image counts and metrics).
+    """
+    log = log or LOG
+    config, metrics, section, prompts, real, attributes = _eval_setup(recipe_data, registry, log)
     mixture = load_mixture(mixture_dir, registry, base=base, device=device)
     out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts)}
     if config.teacher:
@@ -410,8 +419,28 @@ def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], re
     return out
 
 
+def evaluate_pipeline(pipeline: Any, recipe_data: Mapping[str, Any], registry: Any, *,
+                      teacher: Callable[[], Any] | None = None,
+                      log: logging.Logger | None = None) -> dict[str, Any]:
+    """Evaluate one diffusers pipeline (a fine-tuned or sparsified model) as ``model``, and, when
+    ``method.eval.teacher`` is on, ``teacher()`` (the unmodified model) on the same prompts and noise.
+
+    Returns ``settings``, ``prompts``, ``model`` and ``teacher`` (each ``{"metrics", "generation"}``).
+    """
+    log = log or LOG
+    config, metrics, section, prompts, real, attributes = _eval_setup(recipe_data, registry, log)
+    out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts)}
+    if config.teacher and teacher is not None:
+        out["teacher"] = evaluate(teacher(), prompts, metrics, config, real_images=real, attributes=attributes,
+                                  role="teacher", log=log)
+    out["model"] = evaluate(pipeline, prompts, metrics, config, real_images=real, attributes=attributes,
+                            role="model", log=log)
+    return out
+
+
 def merge_evaluation(metrics: dict[str, Any], evaluation: Mapping[str, Any]) -> dict[str, Any]:
-    """Put an evaluation into a run's metrics: ``experts[i].metrics``, ``mixture.metrics``, ``teacher``."""
+    """Put an evaluation into a run's metrics: ``experts[i].metrics``, ``mixture.metrics`` (or
+    ``model.metrics`` for a single pipeline), ``teacher``."""
     metrics["evaluation"] = {k: evaluation[k] for k in ("settings", "prompts") if k in evaluation}
     by_id = {e["expert"]: e for e in evaluation.get("experts", [])}
     for entry in metrics.get("experts", []):
@@ -419,9 +448,11 @@ def merge_evaluation(metrics: dict[str, Any], evaluation: Mapping[str, Any]) -> 
         entry["metrics"] = found.get("metrics", {})
         entry["eval_images"] = found.get("images", 0)
         entry["eval_share"] = found.get("share", 0.0)
-    metrics.setdefault("mixture", {})
-    metrics["mixture"]["metrics"] = evaluation["mixture"]["metrics"]
-    metrics["mixture"]["generation"] = evaluation["mixture"]["generation"]
+    for role in ("mixture", "model"):
+        if role in evaluation:
+            metrics.setdefault(role, {})
+            metrics[role]["metrics"] = evaluation[role]["metrics"]
+            metrics[role]["generation"] = evaluation[role]["generation"]
     if "teacher" in evaluation:
         metrics["teacher"] = evaluation["teacher"]
     return metrics
@@ -503,6 +534,22 @@ def evaluate_run_stage(run: Any, *, base: Any = None) -> dict[str, Any]:
 
     def compute() -> dict[str, Any]:
         result = evaluate_mixture(run.artifact("mixture"), run.recipe.data, run.registry, base=base, log=run.log)
+        atomic_write_json(path, result)
+        return result
+
+    return on_rank_zero(compute, path)
+
+
+def evaluate_pipeline_stage(run: Any, pipeline: Any) -> dict[str, Any]:
+    """The ``evaluate`` stage of a method that ends with one pipeline (dense fine-tuning, post-training
+    sparsity): ``pipeline`` against a fresh build of the recipe's model → ``artifacts/evaluation.json``."""
+    from prunekit.run import atomic_write_json
+
+    path = run.artifact(EVALUATION_FILE)
+
+    def compute() -> dict[str, Any]:
+        result = evaluate_pipeline(pipeline, run.recipe.data, run.registry, teacher=lambda: run.build("model"),
+                                   log=run.log)
         atomic_write_json(path, result)
         return result
 

@@ -43,12 +43,23 @@ def resolve_pretrained(ref: str, *, override: str, what: str = "model") -> tuple
     return local, True
 
 
+def _diffusers_reads_dtype() -> bool:
+    """Newer diffusers renamed ``torch_dtype`` to ``dtype`` and warn on the old name; older ones
+    ignore ``dtype``. The helper that resolves the two is there exactly when ``dtype`` is read."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def load_pipeline(ref: str, *, override: str = "model.path", dtype: str = "float32", **kwargs: Any) -> Any:
     """``DiffusionPipeline.from_pretrained`` of a local folder or a cached hub id."""
     import torch
     from diffusers import DiffusionPipeline
 
     location, local_only = resolve_pretrained(ref, override=override)
+    key = "dtype" if _diffusers_reads_dtype() else "torch_dtype"
     return DiffusionPipeline.from_pretrained(
-        location, torch_dtype=getattr(torch, dtype), local_files_only=local_only, **kwargs
+        location, local_files_only=local_only, **{key: getattr(torch, dtype)}, **kwargs
     )

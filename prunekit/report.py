@@ -298,7 +298,7 @@ def charts(data: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;color:#222;margin:0 auto;max-width:1150px;padding:16px 24px}
 h1{font-size:22px;margin:8px 0}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
-nav a{margin-right:12px}table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ddd;padding:3px 8px;
+nav a{margin-right:12px}table{border-collapse:collapse;margin:8px 0;display:block;max-width:100%;overflow-x:auto}th,td{border:1px solid #ddd;padding:3px 8px;
 text-align:right;vertical-align:top;white-space:nowrap}th{background:#f4f6f8;white-space:normal}td.l,th.l{text-align:left}
 td.l{white-space:normal}img{max-width:100%}
 .note{color:#555;font-size:13px}.samples{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start}

@@ -101,14 +101,27 @@ def test_training_assignments_balanced_with_ot_and_not_without(tmp_path):
     assert np.mean(used[False]) < np.mean(used[True]), used
 
 
-def test_resource_loss_drives_mean_macs_to_the_target(tmp_path):
-    recipe = load_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=40", "method.prune.lr=0.05",
-                                 "method.prune.iters=1", "method.finetune.iters=0", "dataset.size=128",
-                                 "losses.contrastive=null"])
-    execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
-    ratios = [h["macs_ratio"] for h in _history(tmp_path / "run", "warmup")]
-    assert ratios[0] > 0.85  # starts dense
-    assert abs(np.mean(ratios[-10:]) - 0.6) < 0.04
+def test_resource_loss_drives_the_exported_mixture_to_the_target(tmp_path):
+    recipe = load_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=30", "method.prune.lr=0.05",
+                                 "method.prune.iters=30", "method.prune.lr_cooldown=10", "router.init_logit=1.0",
+                                 "method.finetune.iters=0", "dataset.size=128", "losses.contrastive=null"])
+    run, metrics = execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
+    ratios = [h["macs_deployed"] for h in _history(tmp_path / "run", "warmup")]
+    assert ratios[0] > 0.95  # starts dense
+    # charged on the hard masks, the budget holds for the architectures that are exported
+    assert abs(metrics["routing"]["mean_macs_ratio"] - 0.6) < 0.02, metrics["routing"]
+
+
+def test_sampled_budget_leaves_the_exported_masks_dense(tmp_path):
+    """The paper's literal eq. 15 charges the noisy gates: their mean falls to the target while the
+    logits stay positive, so the thresholded experts keep nearly everything."""
+    recipe = load_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=30", "method.prune.lr=0.05",
+                                 "method.prune.iters=30", "method.prune.budget_on=sampled", "router.init_logit=1.0",
+                                 "method.finetune.iters=0", "dataset.size=128", "losses.contrastive=null"])
+    run, metrics = execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
+    sampled = [h["macs_ratio"] for h in _history(tmp_path / "run", "joint")]
+    assert abs(np.mean(sampled[-10:]) - 0.6) < 0.05
+    assert metrics["routing"]["mean_macs_ratio"] > 0.7, metrics["routing"]
 
 
 @pytest.mark.slow

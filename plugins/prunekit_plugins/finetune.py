@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
+from prunekit.evaluation import EvalConfig
 from prunekit.hookspecs import hookimpl
 
 
@@ -34,6 +35,7 @@ class DenseFinetuneConfig:
         "float32", help="dtype of the saved pipeline weights (load them back with torch_dtype)"
     )
     max_shard_size: str | None = option(None, help="split saved weight files above this size, e.g. '7MB'")
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 class DenseFinetune:
@@ -43,6 +45,8 @@ class DenseFinetune:
         self.config = config
 
     def run(self, run: Any) -> dict[str, Any]:
+        from prunekit.evaluation import merge_evaluation
+
         pipeline = run.build("model")
         encoded_path = run.artifact("encoded.safetensors")
         results: dict[str, Any] = {}
@@ -61,7 +65,20 @@ class DenseFinetune:
 
         run.stage("encode", encode)
         results["finetune"] = run.stage("finetune", lambda: self._finetune(run, pipeline, encoded_path))
+        if run.recipe.data.get("metrics"):
+            # The saved folder, not the in-memory model: what is evaluated is what a user loads.
+            evaluation = run.stage("evaluate", lambda: self._evaluate(run))
+            results["model"] = {"path": results["finetune"]["pipeline"], "macs_ratio": 1.0}
+            merge_evaluation(results, evaluation)
         return results
+
+    def _evaluate(self, run: Any) -> dict[str, Any]:
+        from prunekit.evaluation import evaluate_pipeline_stage
+        from prunekit.models import load_pipeline
+
+        teacher_device = run.build("model").device
+        model = load_pipeline(str(run.artifact("pipeline")), dtype="float32").to(teacher_device)
+        return evaluate_pipeline_stage(run, model)
 
     # -- autoencoder ------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 A gate plugin builds an object with
 ``__call__(logits, *, training) -> gates`` (same shape, values in [0, 1]) and
-``hard(logits) -> mask`` (deterministic {0, 1}; at least one unit kept in every width group).
+``hard(logits) -> mask`` (deterministic {0, 1}; at least one unit kept in every width group) and
+``deployed(logits) -> gates``: ``hard`` in the forward pass with a straight-through gradient, so a
+budget can be charged for the architecture that will actually be exported, not for noisy samples.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ def keep_one_per_group(mask, logits, groups):  # noqa: ANN001, ANN201 - tensors
     return mask
 
 
+def straight_through_hard(hard, logits):  # noqa: ANN001, ANN201 - tensors
+    """Forward: the deterministic mask. Backward: d/dlogit of sigmoid(logit), the probability that
+    the unit is kept under the gate's logistic noise (both gates here threshold at logit 0)."""
+    import torch
+
+    keep = torch.sigmoid(logits)
+    return hard.to(logits.dtype) + keep - keep.detach()
+
+
 @dataclass
 class GumbelSigmoidConfig:
     temperature: float = option(0.4, gt=0, help="gamma in sigmoid((logit + g) / gamma)")
@@ -59,6 +70,9 @@ class GumbelSigmoid:
 
     def hard(self, logits):  # noqa: ANN001, ANN201
         return keep_one_per_group((logits > 0).to(logits.dtype), logits, self.groups)
+
+    def deployed(self, logits):  # noqa: ANN001, ANN201
+        return straight_through_hard(self.hard(logits), logits)
 
 
 @dataclass
@@ -92,6 +106,9 @@ class HardConcrete:
         import torch
 
         return keep_one_per_group((self._stretch(torch.sigmoid(logits)) > 0.5).to(logits.dtype), logits, self.groups)
+
+    def deployed(self, logits):  # noqa: ANN001, ANN201
+        return straight_through_hard(self.hard(logits), logits)
 
 
 @hookimpl

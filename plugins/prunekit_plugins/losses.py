@@ -109,6 +109,33 @@ class ContrastiveLoss:
         return self.weight * F.binary_cross_entropy(s, r.detach())
 
 
+@dataclass
+class RoutingLossConfig:
+    weight: float = option(1.0, ge=0)
+    tau: float = option(0.1, gt=0, help="temperature of the softmax over cosine similarities to the codes")
+
+
+class RoutingLoss:
+    """Router consistency (prunekit's addition; SwAV's swapped prediction): the predictor should put
+    each prompt nearest the code optimal transport assigned it, because inference routes by nearest
+    code (eq. 22). Without it, codes that OT keeps busy in training can be nobody's nearest code.
+    Codes are not moved by this term; it is zero where no assignment exists (APTP's warm-up)."""
+
+    def __init__(self, config: RoutingLossConfig) -> None:
+        self.weight = config.weight
+        self.tau = config.tau
+
+    def __call__(self, inputs):  # noqa: ANN001, ANN204
+        import torch
+        import torch.nn.functional as F
+
+        if "code_similarity" not in inputs.extra:
+            return torch.zeros(())
+        sim = inputs.get("code_similarity", "routing")
+        assigned = inputs.get("code_assignment", "routing")
+        return self.weight * F.cross_entropy(sim.float() / self.tau, assigned)
+
+
 class ResourceLoss:
     """APTP eq. 26: R(x, y) = log(max(x, y) / min(x, y)) between the batch's mean MACs ratio and the target."""
 
@@ -133,5 +160,7 @@ def prunekit_register_components(register) -> None:
              doc="Block distillation: down/mid/up block outputs vs the unpruned teacher (MSE)")
     register("loss", "contrastive", ContrastiveLoss, schema=ContrastiveLossConfig,
              doc="APTP contrastive router loss: architecture similarity follows prompt similarity")
+    register("loss", "routing", RoutingLoss, schema=RoutingLossConfig,
+             doc="Router consistency: nearest code = the code optimal transport assigned (prunekit addition)")
     register("loss", "resource", ResourceLoss, schema=WeightConfig,
              doc="Resource loss log(max(x,y)/min(x,y)) between mean MACs ratio and the budget")

@@ -24,6 +24,11 @@ class PruneStageConfig:
     iters: int = option(2500, ge=1, help="joint predictor + codes iterations")
     lr: float = option(2e-4, gt=0)
     lr_warmup: int = option(100, ge=0, help="linear LR warm-up iterations")
+    lr_cooldown: int = option(0, ge=0, help="linear LR decay to zero over the last iterations")
+    budget_on: str = option(
+        "deployed",
+        help="what the resource loss charges: deployed = the hard architectures the prompts are routed "
+             "to at inference (straight-through); sampled = the noisy training gates (the paper's eq. 15)")
     micro_batch: int | None = option(None, ge=1, help="overrides engine.micro_batch for this stage")
     grad_accum: int | None = option(None, ge=1, help="overrides engine.grad_accum for this stage")
 
@@ -33,6 +38,7 @@ class FinetuneStageConfig:
     iters: int = option(30000, ge=0, help="iterations per expert (0 = export the pruned experts as they are)")
     lr: float = option(1e-5, gt=0)
     lr_warmup: int = option(0, ge=0)
+    lr_cooldown: int = option(0, ge=0, help="linear LR decay to zero over the last iterations")
     ddpm_weight: float = option(1e-4, ge=0, help="alpha_DDPM (paper: 1e-4)")
     distill_weight: float = option(1.0, ge=0, help="alpha_distill for output + block distillation (paper: 1.0)")
     block_distill: bool = option(True, help="include block-level distillation")
@@ -52,7 +58,10 @@ class APTPConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self) -> list[str]:
-        return [] if self.depth in ("aptp", "all", "none") else [f"depth: {self.depth!r} is not one of aptp, all, none"]
+        problems = [] if self.depth in ("aptp", "all", "none") else [f"depth: {self.depth!r} is not one of aptp, all, none"]
+        if self.prune.budget_on not in ("deployed", "sampled"):
+            problems.append(f"prune.budget_on: {self.prune.budget_on!r} is not one of deployed, sampled")
+        return problems
 
 
 class APTP:
@@ -189,6 +198,7 @@ class APTP:
 
     def _prune(self, phase: str) -> dict[str, Any]:
         import torch
+        import torch.nn.functional as F
         from safetensors.torch import save_file
 
         from prunekit.capture import capture_block_outputs
@@ -227,14 +237,20 @@ class APTP:
         def loss_fn(router: Any, idx: list[int], step: int):
             x0, cond, zb = latents[idx], text[idx], z[idx]
             e = router.embed(zb)
-            weights = None
+            weights, code_similarity = None, None
             if phase == "warmup":
                 logits = e
+                deployed = self.gate.deployed(e)  # each prompt's own predicted architecture
             else:
                 assigned = router.assign(e)
                 logits = router.codes[assigned]
                 counts = torch.bincount(assigned, minlength=router.num_codes).to(x0.dtype)
                 weights = 1.0 / (counts[assigned] * (counts > 0).sum())
+                # Charged at the codes prompts are routed to at inference, which OT's equipartition
+                # does not give: the exported mixture's mean MACs is what the budget is about.
+                nearest = router.nearest(e.detach())
+                deployed = self.gate.deployed(router.codes)[nearest]
+                code_similarity = F.normalize(e, dim=-1) @ F.normalize(router.codes.detach(), dim=-1).T
             gates = self.gate(logits, training=True)
             noise = torch.randn_like(x0)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),))
@@ -245,7 +261,8 @@ class APTP:
                     teacher_pred = self.prunable(noisy, t, cond).sample
             with capture_block_outputs(self.unet, want_blocks) as blocks:
                 pred = self.prunable(noisy, t, cond, gates=gates).sample
-            ratio = self.budget.ratio(gates).mean()
+            deployed_ratio = self.budget.ratio(deployed).mean()
+            ratio = deployed_ratio if cfg.budget_on == "deployed" else self.budget.ratio(gates).mean()
             inputs = LossInputs(
                 pred=pred, noise=noise, latents=x0, timesteps=t, scheduler=scheduler,
                 teacher_pred=teacher_pred, block_outputs=blocks, teacher_block_outputs=teacher_blocks,
@@ -253,18 +270,23 @@ class APTP:
                 extra={"prompt_embeddings": zb, "arch_vectors": self.gate(e, training=True),
                        "macs_ratio": ratio, "macs_target": target},
             )
+            if code_similarity is not None:
+                inputs.extra.update(code_similarity=code_similarity, code_assignment=assigned)
             parts = {name: loss(inputs) for name, loss in self.losses.items()}
             logs = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
             logs["macs_ratio"] = float(ratio.detach())
+            logs["macs_deployed"] = float(deployed_ratio.detach())
             if phase == "joint":
                 logs["codes_used"] = float((counts > 0).sum())
+                logs["codes_nearest"] = float(torch.unique(nearest).numel())
             return sum(parts.values()), logs
 
         start = time.perf_counter()
         with run.progress(f"prune ({phase})", steps) as advance:
             result = train(
                 router, loss_fn, batch_fn, cfg=engine_cfg, lr=cfg.lr, steps=steps,
-                warmup_steps=cfg.lr_warmup, ckpt_dir=run.checkpoint_dir(f"prune_{phase}"), seed=self.seed,
+                warmup_steps=cfg.lr_warmup, cooldown_steps=cfg.lr_cooldown if phase == "joint" else 0,
+                ckpt_dir=run.checkpoint_dir(f"prune_{phase}"), seed=self.seed,
                 name=f"prune_{phase}",
                 on_step=lambda s, rec: advance(1, loss=rec["loss"], macs=rec["macs_ratio"]),
             )
@@ -359,7 +381,8 @@ class APTP:
 
             with run.progress(f"fine-tune expert {i}", cfg.iters) as advance:
                 result = train(expert, loss_fn, batch_fn, cfg=engine_cfg, lr=cfg.lr, steps=cfg.iters,
-                               warmup_steps=cfg.lr_warmup, ckpt_dir=run.checkpoint_dir(f"finetune_expert_{i}"),
+                               warmup_steps=cfg.lr_warmup, cooldown_steps=cfg.lr_cooldown,
+                               ckpt_dir=run.checkpoint_dir(f"finetune_expert_{i}"),
                                seed=self.seed + 7919 * (i + 1), name=f"finetune_expert_{i}",
                                on_step=lambda s, rec: advance(1, loss=rec["loss"]))
             expert.load_state_dict(result.state_dict)

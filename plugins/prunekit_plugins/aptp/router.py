@@ -15,6 +15,7 @@ class APTPRouterConfig:
     ot_eps: float = option(0.05, gt=0, help="entropic regularisation of the transport problem")
     ot_iters: int = option(3, ge=1, help="Sinkhorn-Knopp iterations")
     init_logit: float = option(3.0, help="initial predictor bias: sigmoid(3/0.4) ~ 1, i.e. start dense")
+    init_kmeans_iters: int = option(10, ge=0, help="cosine k-means steps placing the codes at the joint phase's start")
 
 
 def _torch_module_class() -> type:
@@ -55,14 +56,22 @@ def _torch_module_class() -> type:
             return q.argmax(-1)
 
         @torch.no_grad()
+        def nearest(self, e: torch.Tensor) -> torch.Tensor:
+            """The code each architecture embedding is deployed with: highest cosine similarity (eq. 22)."""
+            return self.similarity(e).argmax(-1)
+
+        @torch.no_grad()
         def route(self, z: torch.Tensor) -> torch.Tensor:
-            """Inference: index of the code with the highest cosine similarity (eq. 22)."""
-            return self.similarity(self.embed(z.to(self.codes))).argmax(-1)
+            """Inference: the nearest code of each prompt embedding."""
+            return self.nearest(self.embed(z.to(self.codes)))
 
         @torch.no_grad()
         def init_codes(self, e: torch.Tensor, generator: torch.Generator | None = None) -> None:
-            """Start the codes on distinct predicted architectures (farthest-point by cosine),
-            so no code begins where no prompt maps."""
+            """Start the codes on the cosine k-means centres of the predicted architectures.
+
+            Seeded farthest-point (so no two start together), then Lloyd steps: farthest points alone
+            are outliers, and a code that starts on an outlier is nobody's nearest code at inference.
+            """
             import torch.nn.functional as F
 
             e = e.detach().float()
@@ -74,7 +83,13 @@ def _torch_module_class() -> type:
                 nxt = int(best.argmin())
                 chosen.append(nxt)
                 best = torch.maximum(best, unit @ unit[nxt])
-            self.codes.copy_(e[chosen].to(self.codes))
+            centres = e[chosen].clone()
+            for _ in range(self.config.init_kmeans_iters):
+                members = (unit @ F.normalize(centres, dim=-1).T).argmax(-1)
+                for k in range(self.num_codes):
+                    if bool((members == k).any()):  # an empty cluster keeps its seed
+                        centres[k] = e[members == k].mean(0)
+            self.codes.copy_(centres.to(self.codes))
 
     return APTPRouter
 

@@ -25,7 +25,7 @@ def _torch_module_class() -> type:
     class SingleCodeRouter(torch.nn.Module):
         """One architecture code for every prompt; the prompt embedding is ignored.
 
-        It offers the APTP router interface (``embed``, ``assign``, ``route``, ``init_codes``,
+        It offers the APTP router interface (``embed``, ``assign``, ``nearest``, ``route``, ``init_codes``,
         ``codes``, ``num_codes``), so the APTP pruning stages train the code directly.
         """
 
@@ -42,6 +42,9 @@ def _torch_module_class() -> type:
 
         def assign(self, e: torch.Tensor) -> torch.Tensor:
             return torch.zeros(len(e), dtype=torch.long, device=e.device)
+
+        def nearest(self, e: torch.Tensor) -> torch.Tensor:
+            return self.assign(e)
 
         @torch.no_grad()
         def route(self, z: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,10 @@ class UniArchPruneConfig:
     iters: int = option(3000, ge=1, help="code-training iterations (APTP: 500 warm-up + 2500 joint)")
     lr: float = option(2e-4, gt=0)
     lr_warmup: int = option(100, ge=0, help="linear LR warm-up iterations")
+    lr_cooldown: int = option(0, ge=0, help="linear LR decay to zero over the last iterations")
+    budget_on: Literal["deployed", "sampled"] = option(
+        "deployed", help="deployed: the resource loss charges the code's hard mask (straight-through); "
+                         "sampled: the noisy training gates")
     micro_batch: int | None = option(None, ge=1, help="overrides engine.micro_batch for this stage")
     grad_accum: int | None = option(None, ge=1, help="overrides engine.grad_accum for this stage")
 
@@ -50,7 +54,7 @@ class UniArch(SingleArchitectureMethod):
         p = config.prune
         super().__init__(APTPConfig(
             prune=PruneStageConfig(warmup_iters=0, iters=p.iters, lr=p.lr, lr_warmup=p.lr_warmup,
-                                   micro_batch=p.micro_batch, grad_accum=p.grad_accum),
+                                   lr_cooldown=p.lr_cooldown, budget_on=p.budget_on, micro_batch=p.micro_batch, grad_accum=p.grad_accum),
             finetune=config.finetune, depth=config.depth, round_to=config.round_to,
             encode_batch=config.encode_batch, eval=config.eval,
         ))

@@ -184,7 +184,14 @@ class PosttrainMethod:
             return {"path": str(folder.relative_to(run.dir)), "seconds": round(time.perf_counter() - start, 3)}
 
         saved = run.stage("save_pipeline", save)
-        return self.metrics(pipe, results, saved)
+        metrics = self.metrics(pipe, results, saved)
+        if run.recipe.data.get("metrics"):
+            from prunekit.evaluation import evaluate_pipeline_stage, merge_evaluation
+
+            evaluation = run.stage("evaluate", lambda: evaluate_pipeline_stage(run, pipe))
+            metrics["model"] = {"path": saved["path"], "sparsity": metrics["sparsity"]}
+            merge_evaluation(metrics, evaluation)
+        return metrics
 
     def metrics(self, pipe: Any, results: dict[str, dict[str, Any]], saved: dict[str, Any]) -> dict[str, Any]:
         metrics: dict[str, Any] = {"method": self.name, "pipeline": saved["path"]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,22 @@ def test_a_run_with_unset_metric_weights_stops_before_any_stage(tmp_path):
         "metrics.fid.inception_weights is not set: FID needs the FID Inception weights; "
         "set metrics.fid.inception_weights=FILE"]
     assert not (tmp_path / "run" / "stages.json").exists()
+
+
+def test_dense_finetune_evaluates_its_saved_pipeline_against_the_teacher(tmp_path):
+    """The dense reference row is scored like the pruned runs: the saved fine-tuned pipeline and the
+    untouched teacher, same prompts, noise and metrics."""
+    from prunekit.recipe import load_recipe
+    from prunekit.runner import execute
+
+    recipe = load_recipe(REPO / "recipes" / "tiny" / "dense_embedded.yaml", [
+        "method.steps=2", "method.lr=1.0e-3", "dataset.size=32", "method.eval.prompts=8", "method.eval.steps=3",
+        "metrics.latency=null", "engine.checkpoint_every=2"])
+    run, metrics = execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
+    model, teacher = metrics["model"], metrics["teacher"]
+    assert model["macs_ratio"] == 1.0 and model["metrics"]["macs_ratio"] == pytest.approx(1.0)
+    assert model["generation"]["images"] == teacher["generation"]["images"] == 8
+    assert set(model["metrics"]) >= {"domain_alignment", "domain_fid"}
+    # the fine-tuned weights were evaluated, not the teacher a second time
+    assert model["metrics"]["domain_fid"] != teacher["metrics"]["domain_fid"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["model"]["metrics"] == model["metrics"]

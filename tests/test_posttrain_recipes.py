@@ -57,6 +57,9 @@ def test_posttrain_recipes_validate(registry, path):
     assert (method["text_encoder"]["sparsity"], method["unet"]["sparsity"]) == (0.475, 0.35)
     if path.name.startswith("sd2_"):
         assert data["model"] == {**data["model"], "name": "diffusers_sd", "path": "stabilityai/stable-diffusion-2-1"}
+    elif path.name.startswith("embedded_"):
+        assert data["model"]["name"] == "embedded" and data["dataset"]["name"] == "embedded_domain"
+        assert set(data["metrics"]) >= {"domain_alignment", "domain_fid"}
     else:
         assert data["model"]["name"] == "tiny_random"
 
@@ -164,3 +167,49 @@ def test_paper_sweeps_validate_every_point(registry, component, points):
     for point in sweep.points:
         method = point.recipe.data["method"]
         assert method[other]["sparsity"] == 0.0 and 0.1 <= method[component]["sparsity"] <= 0.7
+
+
+@pytest.mark.parametrize("component", ["text_encoder", "unet"])
+def test_embedded_sweeps_have_a_dense_reference_and_every_method(registry, component):
+    from prunekit.sweep import load_sweep
+
+    sweep = load_sweep(REPO / "recipes" / "posttrain" / "sweeps" / f"embedded_{component}.yaml", registry=registry)
+    by_label: dict[str, list] = {}
+    for point in sweep.points:
+        by_label.setdefault(point.label.split("@")[0], []).append(point.recipe.data)
+    assert set(by_label) == {"magnitude", "wanda", "sparsegpt", "owl", "dense"}
+    assert [(d["method"]["unet"]["sparsity"], d["method"]["text_encoder"]["sparsity"]) for d in by_label["dense"]] == [(0, 0)]
+    other = "unet" if component == "text_encoder" else "text_encoder"
+    for label in ("magnitude", "wanda", "sparsegpt", "owl"):
+        assert len(by_label[label]) == 3
+        for data in by_label[label]:
+            assert data["method"][other]["sparsity"] == 0.0 and data["method"][component]["sparsity"] > 0
+            assert data["metrics"] and data["method"]["eval"]["teacher"] is False
+
+
+def test_pruned_pipeline_is_evaluated_against_the_unpruned_teacher(registry, tmp_path):
+    """With a metrics: section the pruned pipeline and the teacher are generated from the same prompts
+    and noise and scored with the domain metrics; metrics.json holds both."""
+    out = tmp_path / "run"
+    _, metrics = run_recipe(registry, "embedded_magnitude", out, [
+        "method.text_encoder.sparsity=0", "method.unet.sparsity=0.8", "dataset.size=32",
+        "method.eval.prompts=8", "method.eval.steps=3"])
+    model, teacher = metrics["model"], metrics["teacher"]
+    assert model["path"] == "artifacts/pipeline" and model["sparsity"] == metrics["sparsity"]
+    assert metrics["unet"]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert model["generation"]["images"] == teacher["generation"]["images"] == 8
+    for entry in (model, teacher):
+        assert 0 <= entry["metrics"]["domain_alignment"] <= 1 and entry["metrics"]["domain_fid"] > 0
+    # 80 % of the U-Net's weights gone: not the teacher's images any more
+    assert model["metrics"]["domain_fid"] != teacher["metrics"]["domain_fid"]
+    saved = json.loads((out / "artifacts" / "evaluation.json").read_text())
+    assert saved["model"]["metrics"] == model["metrics"]
+
+
+def test_metrics_without_an_eval_dataset_stop_before_pruning(registry, tmp_path):
+    from prunekit.errors import MissingPathError
+
+    recipe = load_recipe(REPO / "recipes/posttrain/tiny_magnitude.yaml", ["metrics={macs: {}}"], registry=registry)
+    with pytest.raises(MissingPathError, match=r"^method\.eval\.dataset: the recipe has metrics but no dataset"):
+        execute(recipe, registry, output=tmp_path / "run", console_log=False)
+    assert not (tmp_path / "run" / "stages.json").exists()

@@ -20,7 +20,7 @@ from prunekit.errors import RunDirError
 from prunekit.sweep import MetricColumn, column_value, load_sweep, lookup, macs_ratio, plot_series, run_sweep
 
 DENSE = REPO / "recipes" / "tiny" / "dense_finetune.yaml"
-USED_PLUGINS = ["models", "datasets", "losses", "finetune", "gates", "budgets", "aptp", "baselines"]
+USED_PLUGINS = ["models", "datasets", "losses", "finetune", "gates", "budgets", "aptp", "baselines", "domain", "metrics"]
 # One optimizer step on 8 samples of 16 px: a complete run in a few seconds.
 TINY_POINT = ["dataset.size=8", "dataset.resolution=16", "engine.micro_batch=4", "engine.zero_stage=0",
               "method.warmup_steps=0", "method.steps=1", "engine.checkpoint_every=1", "engine.threads=1"]

@@ -103,7 +103,7 @@ def test_training_assignments_balanced_with_ot_and_not_without(tmp_path):
 
 def test_resource_loss_drives_the_exported_mixture_to_the_target(tmp_path):
     recipe = load_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=30", "method.prune.lr=0.05",
-                                 "method.prune.iters=30", "method.prune.lr_cooldown=10", "router.init_logit=1.0",
+                                 "method.prune.iters=30", "method.prune.lr_cooldown=10", "router.init_logit=1.0", "engine.micro_batch=32",
                                  "method.finetune.iters=0", "dataset.size=128", "losses.contrastive=null"])
     run, metrics = execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
     ratios = [h["macs_deployed"] for h in _history(tmp_path / "run", "warmup")]
@@ -113,15 +113,15 @@ def test_resource_loss_drives_the_exported_mixture_to_the_target(tmp_path):
 
 
 def test_sampled_budget_leaves_the_exported_masks_dense(tmp_path):
-    """The paper's literal eq. 15 charges the noisy gates: their mean falls to the target while the
-    logits stay positive, so the thresholded experts keep nearly everything."""
-    recipe = load_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=30", "method.prune.lr=0.05",
-                                 "method.prune.iters=30", "method.prune.budget_on=sampled", "router.init_logit=1.0",
+    """The paper's literal eq. 15 charges the noisy gates: their mean falls to the target while most
+    logits stay positive, so the thresholded experts keep far more than the budget."""
+    recipe = load_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=30", "method.prune.lr=0.01",
+                                 "method.prune.iters=150", "method.prune.budget_on=sampled", "engine.micro_batch=32",
                                  "method.finetune.iters=0", "dataset.size=128", "losses.contrastive=null"])
     run, metrics = execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
     sampled = [h["macs_ratio"] for h in _history(tmp_path / "run", "joint")]
-    assert abs(np.mean(sampled[-10:]) - 0.6) < 0.05
-    assert metrics["routing"]["mean_macs_ratio"] > 0.7, metrics["routing"]
+    assert abs(np.mean(sampled[-10:]) - 0.6) < 0.03
+    assert metrics["routing"]["mean_macs_ratio"] > 0.75, metrics["routing"]
 
 
 @pytest.mark.slow

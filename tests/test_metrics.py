@@ -137,7 +137,7 @@ def test_missing_weights_fail_with_one_line_naming_the_key(name, key, tmp_path):
             registry.build("metric", {"name": name, **options})
         message = str(err.value)
         assert "\n" not in message and f"set {key}=" in message
-        problems = preflight_metrics({"metrics": {name: options}}, registry)
+        problems = preflight_metrics({"metrics": {name: options}, "dataset": {"name": "shapes"}}, registry)
         assert problems == [message]
 
 

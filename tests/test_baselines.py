@@ -231,3 +231,15 @@ def test_table3_ablations_differ_only_in_their_component(prefix, aptp_base):
     assert differing == set(), differing
     assert {k for k in full if full[k] != transport.get(k)} - {"name", "description"} == {"losses"}
     assert {k for k in transport if transport[k] != contrastive.get(k)} - {"name", "description"} == {"router"}
+
+
+def test_embedded_comparison_recipes_evaluate_like_aptp_tiny():
+    """A method section naming another method replaces the base's, so each comparison recipe must
+    repeat aptp_tiny's evaluation: same prompts, sampler steps, guidance and metrics."""
+    aptp = load_recipe(REPO / "recipes" / "aptp_tiny.yaml").data
+    keys = ("prompts", "steps", "guidance_scale", "scheduler", "seed")
+    for name in ("norm_embedded", "uni_arch_embedded", "dense_embedded"):
+        data = load_recipe(TINY / f"{name}.yaml").data
+        assert {k: data["method"]["eval"].get(k, aptp["method"]["eval"].get(k)) for k in keys} == \
+               {k: aptp["method"]["eval"].get(k) for k in keys}, name
+        assert set(data["metrics"]) >= {"domain_alignment", "domain_fid"} and data["dataset"] == aptp["dataset"], name

@@ -526,34 +526,31 @@ def on_rank_zero(fn: Callable[[], Any], result_file: Path) -> Any:
     return result if result is not None else json.loads(result_file.read_text())
 
 
-def evaluate_run_stage(run: Any, *, base: Any = None) -> dict[str, Any]:
-    """The ``evaluate`` stage of a run: evaluation of ``artifacts/mixture`` → ``artifacts/evaluation.json``."""
+def _saved_evaluation(run: Any, evaluate_fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``evaluate_fn`` on rank 0, write its result to ``artifacts/evaluation.json``; every rank returns it."""
     from prunekit.run import atomic_write_json
 
     path = run.artifact(EVALUATION_FILE)
 
     def compute() -> dict[str, Any]:
-        result = evaluate_mixture(run.artifact("mixture"), run.recipe.data, run.registry, base=base, log=run.log)
+        result = evaluate_fn()
         atomic_write_json(path, result)
         return result
 
     return on_rank_zero(compute, path)
+
+
+def evaluate_run_stage(run: Any, *, base: Any = None) -> dict[str, Any]:
+    """The ``evaluate`` stage of a run: evaluation of ``artifacts/mixture`` → ``artifacts/evaluation.json``."""
+    return _saved_evaluation(run, lambda: evaluate_mixture(run.artifact("mixture"), run.recipe.data, run.registry,
+                                                           base=base, log=run.log))
 
 
 def evaluate_pipeline_stage(run: Any, pipeline: Any) -> dict[str, Any]:
     """The ``evaluate`` stage of a method that ends with one pipeline (dense fine-tuning, post-training
     sparsity): ``pipeline`` against a fresh build of the recipe's model → ``artifacts/evaluation.json``."""
-    from prunekit.run import atomic_write_json
-
-    path = run.artifact(EVALUATION_FILE)
-
-    def compute() -> dict[str, Any]:
-        result = evaluate_pipeline(pipeline, run.recipe.data, run.registry, teacher=lambda: run.build("model"),
-                                   log=run.log)
-        atomic_write_json(path, result)
-        return result
-
-    return on_rank_zero(compute, path)
+    return _saved_evaluation(run, lambda: evaluate_pipeline(pipeline, run.recipe.data, run.registry,
+                                                            teacher=lambda: run.build("model"), log=run.log))
 
 
 # -- CLI -------------------------------------------------------------------------------------------------

@@ -67,17 +67,16 @@ class DenseFinetune:
         results["finetune"] = run.stage("finetune", lambda: self._finetune(run, pipeline, encoded_path))
         if run.recipe.data.get("metrics"):
             # The saved folder, not the in-memory model: what is evaluated is what a user loads.
-            evaluation = run.stage("evaluate", lambda: self._evaluate(run))
+            evaluation = run.stage("evaluate", lambda: self._evaluate(run, pipeline.device))
             results["model"] = {"path": results["finetune"]["pipeline"], "macs_ratio": 1.0}
             merge_evaluation(results, evaluation)
         return results
 
-    def _evaluate(self, run: Any) -> dict[str, Any]:
+    def _evaluate(self, run: Any, device: Any) -> dict[str, Any]:
         from prunekit.evaluation import evaluate_pipeline_stage
         from prunekit.models import load_pipeline
 
-        teacher_device = run.build("model").device
-        model = load_pipeline(str(run.artifact("pipeline")), dtype="float32").to(teacher_device)
+        model = load_pipeline(str(run.artifact("pipeline")), dtype="float32").to(device)
         return evaluate_pipeline_stage(run, model)
 
     # -- autoencoder ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
 from prunekit.evaluation import EvalConfig
@@ -24,8 +24,8 @@ class PruneStageConfig:
     iters: int = option(2500, ge=1, help="joint predictor + codes iterations")
     lr: float = option(2e-4, gt=0)
     lr_warmup: int = option(100, ge=0, help="linear LR warm-up iterations")
-    lr_cooldown: int = option(0, ge=0, help="linear LR decay to zero over the last iterations")
-    budget_on: str = option(
+    lr_cooldown: int = option(0, ge=0, help="linear LR decay to zero over the last joint iterations")
+    budget_on: Literal["deployed", "sampled"] = option(
         "deployed",
         help="what the resource loss charges: deployed = the hard architectures the prompts are routed "
              "to at inference (straight-through); sampled = the noisy training gates (the paper's eq. 15)")
@@ -58,10 +58,7 @@ class APTPConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self) -> list[str]:
-        problems = [] if self.depth in ("aptp", "all", "none") else [f"depth: {self.depth!r} is not one of aptp, all, none"]
-        if self.prune.budget_on not in ("deployed", "sampled"):
-            problems.append(f"prune.budget_on: {self.prune.budget_on!r} is not one of deployed, sampled")
-        return problems
+        return [] if self.depth in ("aptp", "all", "none") else [f"depth: {self.depth!r} is not one of aptp, all, none"]
 
 
 class APTP:
@@ -240,7 +237,7 @@ class APTP:
             weights, code_similarity = None, None
             if phase == "warmup":
                 logits = e
-                deployed = self.gate.deployed(e)  # each prompt's own predicted architecture
+                deployed_ratio = self.budget.ratio(self.gate.deployed(e)).mean()  # each prompt's own architecture
             else:
                 assigned = router.assign(e)
                 logits = router.codes[assigned]
@@ -249,7 +246,7 @@ class APTP:
                 # Charged at the codes prompts are routed to at inference, which OT's equipartition
                 # does not give: the exported mixture's mean MACs is what the budget is about.
                 nearest = router.nearest(e.detach())
-                deployed = self.gate.deployed(router.codes)[nearest]
+                deployed_ratio = self.budget.ratio(self.gate.deployed(router.codes))[nearest].mean()
                 code_similarity = F.normalize(e, dim=-1) @ F.normalize(router.codes.detach(), dim=-1).T
             gates = self.gate(logits, training=True)
             noise = torch.randn_like(x0)
@@ -261,7 +258,6 @@ class APTP:
                     teacher_pred = self.prunable(noisy, t, cond).sample
             with capture_block_outputs(self.unet, want_blocks) as blocks:
                 pred = self.prunable(noisy, t, cond, gates=gates).sample
-            deployed_ratio = self.budget.ratio(deployed).mean()
             ratio = deployed_ratio if cfg.budget_on == "deployed" else self.budget.ratio(gates).mean()
             inputs = LossInputs(
                 pred=pred, noise=noise, latents=x0, timesteps=t, scheduler=scheduler,

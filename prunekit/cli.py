@@ -16,6 +16,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Config-driven pruning of text-to-image diffusion models.",
     )
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
+    # The ``deepspeed`` launcher appends --local_rank=N to the command; LOCAL_RANK says the same.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a recipe (validates it first)")
@@ -53,9 +55,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_errors(exc: PrunekitError) -> None:
+    from prunekit import distributed
+    from prunekit.errors import PeerRankError
+
+    if isinstance(exc, PeerRankError):
+        return  # the failing rank printed it
     lines = exc.problems if isinstance(exc, RecipeError) else str(exc).splitlines()
+    where = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
     for line in lines:
-        print(f"error: {line}", file=sys.stderr)
+        print(f"error: {where}{line}", file=sys.stderr)
 
 
 def cmd_plugins(kind: str | None) -> int:
@@ -167,6 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from prunekit import distributed
+
+        if distributed.world_size() <= 1:
+            raise
+        # Under a launcher a traceback per rank buries the cause; the run log holds rank 0's.
+        print(f"error: [rank {distributed.rank()}] {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
     parser.error(f"unknown command {args.command}")
     return 2
 

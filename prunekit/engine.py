@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
+import time
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,24 +31,10 @@ BatchFn = Callable[[int], Any]
 
 
 def ensure_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed if needed; return ``(rank, world_size)``.
+    """Initialise torch.distributed if needed; return ``(rank, world_size)`` (see prunekit.distributed)."""
+    from prunekit import distributed
 
-    Under a launcher the environment says where the rendezvous is. A plain ``python`` process
-    gets a one-rank gloo group through a file store, which needs no free port and no MPI.
-    """
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend)
-        else:
-            store = Path(tempfile.mkdtemp(prefix="prunekit-dist-")) / "store"
-            dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    # DeepSpeed reads LOCAL_RANK to pick its device. RANK/WORLD_SIZE are deliberately not exported:
-    # child processes (a sweep point, a test's CLI call) would take them for a launcher's rendezvous.
-    os.environ.setdefault("LOCAL_RANK", "0")
-    return dist.get_rank(), dist.get_world_size()
+    return distributed.init()
 
 
 def _quiet_deepspeed(cfg: EngineConfig) -> None:
@@ -63,8 +48,9 @@ def _quiet_deepspeed(cfg: EngineConfig) -> None:
 
 
 def deepspeed_config(cfg: EngineConfig, world_size: int) -> dict[str, Any]:
-    if cfg.precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("engine.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
+    from prunekit.placement import check_precision, compute_device
+
+    check_precision(cfg.precision, compute_device())
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch,
         "gradient_accumulation_steps": cfg.grad_accum,
@@ -99,9 +85,17 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
     steps: int = 0
-    # Full trained weights of ``module``. Under ZeRO-3 the module itself stays partitioned
-    # inside the engine, so this, not ``module``, is the result to keep.
+    # Full trained weights of ``module`` (which also holds them after ``train`` returns).
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Wall-clock seconds per optimizer step over the steps run by this call (None if none ran),
+    # and the peak accelerator memory allocated meanwhile (None on the CPU).
+    seconds_per_step: float | None = None
+    peak_memory_gib: float | None = None
+
+    def timing(self) -> dict[str, float | None]:
+        """What a stage records about its speed."""
+        return {"seconds_per_step": None if self.seconds_per_step is None else round(self.seconds_per_step, 4),
+                "peak_memory_gib": None if self.peak_memory_gib is None else round(self.peak_memory_gib, 3)}
 
 
 def global_micro_index(step: int, micro: int, rank: int, world: int, grad_accum: int) -> int:
@@ -143,8 +137,11 @@ def train(
 ) -> TrainResult:
     """Optimise the trainable parameters of ``module`` for ``steps`` optimizer steps.
 
-    ``batch_fn(i)`` returns micro-batch ``i`` (see :func:`global_micro_index`);
-    ``loss_fn(engine_module, batch, step)`` returns ``(loss, logs)``. Only parameters with
+    ``batch_fn(i)`` returns micro-batch ``i`` (see :func:`global_micro_index`) on the CPU, drawing
+    any noise and timesteps it needs from the global RNG, which is seeded per micro-batch; the engine
+    moves it to the device it trains on, floating tensors cast to ``cfg.precision``'s dtype.
+    ``loss_fn(engine_module, batch, step)`` returns ``(loss, logs)``; it must read every trained
+    parameter through a forward call of ``engine_module`` (ZeRO-3 gathers parameters only there). Only parameters with
     ``requires_grad`` are optimised (or ``param_groups`` when given, for per-group LRs).
     Checkpoints go to ``ckpt_dir`` every ``cfg.checkpoint_every`` steps and at the end; an
     existing checkpoint there is resumed from. The trained weights end up in ``module``.
@@ -193,6 +190,13 @@ def train(
         if rank == 0:
             _prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
 
+    from prunekit.placement import compute_dtype, move
+
+    device, dtype = engine.device, compute_dtype(cfg.precision)
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    clock = time.perf_counter()
     engine.train()
     for step in range(start, steps):
         logs_sum: dict[str, float] = {}
@@ -201,7 +205,7 @@ def train(
         for micro in range(cfg.grad_accum):
             index = global_micro_index(step, micro, rank, world, cfg.grad_accum)
             torch.manual_seed(seed * 1_000_003 + index)
-            batch = batch_fn(index)
+            batch = move(batch_fn(index), device, dtype)
             loss, logs = loss_fn(engine.module, batch, step)
             finite = torch.tensor([1.0 if bool(torch.isfinite(loss.detach()).all()) else 0.0])
             if world > 1:
@@ -232,8 +236,24 @@ def train(
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
             save(step + 1)
     result.steps = steps
+    if steps > start:
+        result.seconds_per_step = (time.perf_counter() - clock) / (steps - start)
+    if on_gpu:
+        result.peak_memory_gib = torch.cuda.max_memory_allocated(device) / 2**30
     result.state_dict = _full_state_dict(engine, cfg)
+    engine.destroy()  # its hooks and optimizer state go; the module stays usable
+    if cfg.zero_stage == 3:
+        # ZeRO-3 left every parameter partitioned (empty on this rank): put the full weights back.
+        _replace_parameters(module, result.state_dict)
     return result
+
+
+def _replace_parameters(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """New parameter objects holding ``state`` (``load_state_dict`` refuses the partitioned shapes)."""
+    for name, param in list(module.named_parameters()):
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        owner._parameters[leaf] = torch.nn.Parameter(state[name], requires_grad=param.requires_grad)
 
 
 def _full_state_dict(engine: Any, cfg: EngineConfig) -> dict[str, torch.Tensor]:

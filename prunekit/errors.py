@@ -41,3 +41,11 @@ class NonFiniteLossError(PrunekitError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+class PeerRankError(PrunekitError):
+    """Another rank failed (it reported the error itself); this rank stops with the same exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -117,14 +117,22 @@ def with_scheduler(pipeline: Any, name: str) -> Any:
         return PromptRoutedPipeline(base, pipeline.prompt_encoder, pipeline.router, pipeline.experts, pipeline.manifest)
     extra = {"skip_prk_steps": True} if name == "pndm" else {}
     scheduler = _scheduler_class(name).from_config(pipeline.scheduler.config, **extra)
-    swapped = type(pipeline).from_pipe(pipeline, scheduler=scheduler)
+    swapped = same_dtype_pipe(pipeline, scheduler=scheduler)
     swapped.set_progress_bar_config(disable=True)
     return swapped
 
 
+def same_dtype_pipe(pipeline: Any, **components: Any) -> Any:
+    """``from_pipe`` with some components replaced, keeping the pipeline's dtype (diffusers' own
+    ``from_pipe`` casts every module to float32 unless told otherwise)."""
+    from prunekit.models import dtype_keyword
+
+    return type(pipeline).from_pipe(pipeline, **components, **{dtype_keyword(): pipeline.unet.dtype})
+
+
 def expert_pipeline(routed: Any, index: int) -> Any:
     """The plain diffusers pipeline of one expert of a :class:`PromptRoutedPipeline`."""
-    swapped = type(routed.base).from_pipe(routed.base, unet=routed.experts[index])
+    swapped = same_dtype_pipe(routed.base, unet=routed.experts[index])
     swapped.set_progress_bar_config(disable=True)
     return swapped
 
@@ -157,12 +165,31 @@ def resize_uint8(images: Any, size: int) -> Any:
 
 
 def generate(pipeline: Any, prompts: Sequence[str], config: EvalConfig | None = None, *,
-             log: logging.Logger | None = None) -> Generation:
+             log: logging.Logger | None = None, collective: bool = False) -> Generation:
     """Generate one image per prompt, in prompt order, with ``config``'s sampler settings.
 
     ``pipeline`` is a diffusers text-to-image pipeline or a :class:`PromptRoutedPipeline` (then each
     image's expert is returned too). Images are resized to ``config.resize`` when it is set.
+    ``collective``: every rank calls this with the same prompts; each generates a contiguous share
+    (image ``i`` still from seed ``seed + i``) and every rank gets all images, in prompt order.
     """
+    from prunekit import distributed
+
+    if collective and distributed.world_size() > 1:
+        import torch
+
+        prompts = list(prompts)
+        share = distributed.shard(len(prompts))
+        local = _generate(pipeline, prompts[share.start:share.stop], config, log=log, first_index=share.start)
+        parts = distributed.all_gather((local.images, local.experts, local.seconds))
+        images = torch.cat([p[0] for p in parts])
+        experts = None if local.experts is None else [e for p in parts for e in p[1]]
+        return Generation(images, experts, max(p[2] for p in parts), local.height, local.width)
+    return _generate(pipeline, prompts, config, log=log)
+
+
+def _generate(pipeline: Any, prompts: Sequence[str], config: EvalConfig | None = None, *,
+              log: logging.Logger | None = None, first_index: int = 0) -> Generation:
     import numpy as np
     import torch
 
@@ -179,7 +206,7 @@ def generate(pipeline: Any, prompts: Sequence[str], config: EvalConfig | None = 
     start = time.perf_counter()
     for first in range(0, len(prompts), config.batch_size):
         chunk = prompts[first:first + config.batch_size]
-        seeds = [config.seed + first + k for k in range(len(chunk))]
+        seeds = [config.seed + first_index + first + k for k in range(len(chunk))]
         if routed:
             out = pipe(chunk, seed=seeds, **kwargs)
             experts.extend(int(e) for e in out.experts)
@@ -271,13 +298,14 @@ def _subset(batch: EvalBatch, idx: list[int], extra: dict[str, Any]) -> EvalBatc
 def evaluate(pipeline: Any, prompts: Sequence[str], metrics: Mapping[str, Callable[[EvalBatch], Mapping[str, Any]]],
              config: EvalConfig | None = None, *, real_images: Any = None,
              attributes: list[dict[str, Any]] | None = None, extra: Mapping[str, Any] | None = None,
-             role: str | None = None, log: logging.Logger | None = None) -> dict[str, Any]:
+             role: str | None = None, log: logging.Logger | None = None, collective: bool = False) -> dict[str, Any]:
     """Generate for ``prompts`` with ``pipeline`` and run ``metrics``.
 
     Returns ``{"metrics": {...}, "generation": {...}}`` plus, for a routed pipeline, ``"experts"``: per
     expert the number and share of images routed to it and the per-expert metrics computed on them
     (experts with fewer than two images get none). Generated images are resized to the real images'
-    size when ``config.resize`` is unset.
+    size when ``config.resize`` is unset. ``collective``: every rank calls this; generation is split
+    over the ranks, the metrics run on rank 0 (the other ranks return empty metrics).
     """
     config = config or EvalConfig()
     log = log or LOG
@@ -291,7 +319,11 @@ def evaluate(pipeline: Any, prompts: Sequence[str], metrics: Mapping[str, Callab
     role = role or ("mixture" if routed else "model")
     log.info("evaluate %s: generating %d images (%s, %d steps, guidance %g)", role, len(prompts), config.scheduler,
              config.steps, config.guidance_scale)
-    generation = generate(pipeline, prompts, config, log=log)
+    generation = generate(pipeline, prompts, config, log=log, collective=collective)
+    from prunekit import distributed
+
+    if collective and not distributed.is_main():
+        return {"metrics": {}, "generation": {}, "experts": []}
     pipe = with_scheduler(pipeline, config.scheduler)
     batch = EvalBatch(list(prompts), generation.images, real_images, attributes, {
         **(extra or {}), "role": role, "pipeline": pipe, "config": config, "experts": generation.experts,
@@ -399,7 +431,8 @@ def _eval_setup(recipe_data: Mapping[str, Any], registry: Any, log: logging.Logg
 
 
 def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], registry: Any, *, base: Any = None,
-                     device: str | None = None, log: logging.Logger | None = None) -> dict[str, Any]:
+                     device: str | None = None, log: logging.Logger | None = None,
+                     collective: bool = False) -> dict[str, Any]:
     """Evaluate a mixture (and, by default, its teacher) with the recipe's metrics and ``method.eval``.
 
     Returns a JSON-able dict: ``settings``, ``prompts``, ``teacher`` and ``mixture`` (each
@@ -411,9 +444,9 @@ def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], re
     out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts)}
     if config.teacher:
         out["teacher"] = evaluate(mixture.base, prompts, metrics, config, real_images=real, attributes=attributes,
-                                  role="teacher", log=log)
+                                  role="teacher", log=log, collective=collective)
     evaluated = evaluate(mixture, prompts, metrics, config, real_images=real, attributes=attributes, role="mixture",
-                         log=log)
+                         log=log, collective=collective)
     out["experts"] = evaluated.pop("experts")
     out["mixture"] = evaluated
     return out
@@ -421,7 +454,7 @@ def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], re
 
 def evaluate_pipeline(pipeline: Any, recipe_data: Mapping[str, Any], registry: Any, *,
                       teacher: Callable[[], Any] | None = None,
-                      log: logging.Logger | None = None) -> dict[str, Any]:
+                      log: logging.Logger | None = None, collective: bool = False) -> dict[str, Any]:
     """Evaluate one diffusers pipeline (a fine-tuned or sparsified model) as ``model``, and, when
     ``method.eval.teacher`` is on, ``teacher()`` (the unmodified model) on the same prompts and noise.
 
@@ -432,9 +465,9 @@ def evaluate_pipeline(pipeline: Any, recipe_data: Mapping[str, Any], registry: A
     out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts)}
     if config.teacher and teacher is not None:
         out["teacher"] = evaluate(teacher(), prompts, metrics, config, real_images=real, attributes=attributes,
-                                  role="teacher", log=log)
+                                  role="teacher", log=log, collective=collective)
     out["model"] = evaluate(pipeline, prompts, metrics, config, real_images=real, attributes=attributes,
-                            role="model", log=log)
+                            role="model", log=log, collective=collective)
     return out
 
 
@@ -515,42 +548,30 @@ def write_run_samples(run_dir: str | Path, recipe_data: Mapping[str, Any], regis
     return write_samples(mixture, by_expert, Path(run_dir) / "artifacts" / SAMPLES_DIR, config)
 
 
-def on_rank_zero(fn: Callable[[], Any], result_file: Path) -> Any:
-    """Run ``fn`` on rank 0 only (it writes ``result_file``); other ranks wait and read that file."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return fn()
-    result = fn() if dist.get_rank() == 0 else None
-    dist.barrier()
-    return result if result is not None else json.loads(result_file.read_text())
-
-
 def _saved_evaluation(run: Any, evaluate_fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``evaluate_fn`` on rank 0, write its result to ``artifacts/evaluation.json``; every rank returns it."""
+    """Run ``evaluate_fn`` on every rank (generation is split over them), write rank 0's result to
+    ``artifacts/evaluation.json``; every rank returns it."""
+    from prunekit import distributed
     from prunekit.run import atomic_write_json
 
-    path = run.artifact(EVALUATION_FILE)
-
-    def compute() -> dict[str, Any]:
-        result = evaluate_fn()
-        atomic_write_json(path, result)
-        return result
-
-    return on_rank_zero(compute, path)
+    result = evaluate_fn()
+    if run.is_main:
+        atomic_write_json(run.artifact(EVALUATION_FILE), result)
+    return distributed.broadcast(result)
 
 
 def evaluate_run_stage(run: Any, *, base: Any = None) -> dict[str, Any]:
     """The ``evaluate`` stage of a run: evaluation of ``artifacts/mixture`` → ``artifacts/evaluation.json``."""
     return _saved_evaluation(run, lambda: evaluate_mixture(run.artifact("mixture"), run.recipe.data, run.registry,
-                                                           base=base, log=run.log))
+                                                           base=base, log=run.log, collective=True))
 
 
 def evaluate_pipeline_stage(run: Any, pipeline: Any) -> dict[str, Any]:
     """The ``evaluate`` stage of a method that ends with one pipeline (dense fine-tuning, post-training
     sparsity): ``pipeline`` against a fresh build of the recipe's model → ``artifacts/evaluation.json``."""
     return _saved_evaluation(run, lambda: evaluate_pipeline(pipeline, run.recipe.data, run.registry,
-                                                            teacher=lambda: run.build("model"), log=run.log))
+                                                            teacher=lambda: run.build("model"), log=run.log,
+                                                            collective=True))
 
 
 # -- CLI -------------------------------------------------------------------------------------------------

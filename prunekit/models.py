@@ -53,13 +53,18 @@ def _diffusers_reads_dtype() -> bool:
     return True
 
 
+def dtype_keyword() -> str:
+    """The keyword diffusers' loaders read the dtype from (``dtype``, formerly ``torch_dtype``)."""
+    return "dtype" if _diffusers_reads_dtype() else "torch_dtype"
+
+
 def load_pipeline(ref: str, *, override: str = "model.path", dtype: str = "float32", **kwargs: Any) -> Any:
     """``DiffusionPipeline.from_pretrained`` of a local folder or a cached hub id."""
     import torch
     from diffusers import DiffusionPipeline
 
     location, local_only = resolve_pretrained(ref, override=override)
-    key = "dtype" if _diffusers_reads_dtype() else "torch_dtype"
+    key = dtype_keyword()
     return DiffusionPipeline.from_pretrained(
         location, local_files_only=local_only, **{key: getattr(torch, dtype)}, **kwargs
     )

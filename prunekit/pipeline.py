@@ -60,6 +60,8 @@ class PromptRoutedPipeline:
         router = registry.build("router", manifest["router"], **manifest["router_dims"])
         router.load_state_dict(load_router_state(mixture_dir))
         router.eval()
+        if dtype is None:  # experts compute in the base's dtype, whatever dtype they were saved in
+            dtype = base.unet.dtype
         experts = []
         for i, entry in enumerate(manifest["experts"]):
             folder = mixture_dir / entry.get("path", expert_dir(mixture_dir, i).relative_to(mixture_dir))

@@ -12,6 +12,10 @@ Layout of ``runs/NAME/``::
 
 A run directory is never overwritten: an existing one is refused unless ``--resume`` is given,
 and resuming refuses a recipe that differs from the one the directory was started with.
+
+Under a launcher every rank runs every stage (training is collective), but only rank 0 writes to
+the run directory: it creates it, logs, records stages and metrics; the other ranks wait at the
+stage boundaries and take rank 0's results, so all ranks continue from the same state.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from prunekit import distributed
 from prunekit.errors import RunDirError
 from prunekit.recipe import Recipe
 from prunekit.registry import Registry
@@ -103,6 +108,13 @@ class Run:
         self.metrics: dict[str, Any] = {}
         self._stages: dict[str, Any] = {}
         self._log_handlers: list[logging.Handler] = []
+        self.rank = distributed.rank()
+        self.world_size = distributed.world_size()
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes to the run directory."""
+        return self.rank == 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -117,12 +129,18 @@ class Run:
         console_log: bool = True,
     ) -> Run:
         path = run_dir_for(recipe, output)
-        check_run_dir(path, recipe, resume=resume)
-        path.mkdir(parents=True, exist_ok=True)
         run = cls(recipe, path, registry, resume=resume)
+
+        def create() -> None:
+            check_run_dir(path, recipe, resume=resume)
+            path.mkdir(parents=True, exist_ok=True)
+            for sub in ("checkpoints", "artifacts"):
+                (path / sub).mkdir(exist_ok=True)
+            if not resume:
+                atomic_write_text(path / "recipe.yaml", recipe.to_yaml())
+
+        distributed.run_on_main(create)  # the other ranks wait here for the directory
         run._setup_logging(console_log)
-        for sub in ("checkpoints", "artifacts"):
-            (path / sub).mkdir(exist_ok=True)
         if resume:
             stages_file = path / "stages.json"
             if stages_file.exists():
@@ -131,15 +149,15 @@ class Run:
             if metrics_file.exists():
                 run.metrics = json.loads(metrics_file.read_text())
             run.log.info("resuming %s (completed stages: %s)", path, ", ".join(run._stages) or "none")
-        else:
-            atomic_write_text(path / "recipe.yaml", recipe.to_yaml())
-        run._write_status("running")
+        run._write_status("running", world_size=run.world_size)
         registry.hook.prunekit_run_start(run=run)
         return run
 
     def _write_status(self, status: str, **extra: Any) -> None:
         from prunekit import __version__
 
+        if not self.is_main:
+            return
         info_file = self.dir / "run.json"
         info = json.loads(info_file.read_text()) if info_file.exists() else {}
         info.setdefault("started", _dt.datetime.now().isoformat(timespec="seconds"))
@@ -158,6 +176,14 @@ class Run:
     def _setup_logging(self, console: bool) -> None:
         self.log.setLevel(logging.DEBUG)
         self.log.propagate = False
+        if not self.is_main:
+            # One log per run: the other ranks only report their own errors, to stderr.
+            stderr = logging.StreamHandler()
+            stderr.setLevel(logging.ERROR)
+            stderr.setFormatter(logging.Formatter(f"[rank {self.rank}] %(message)s"))
+            self.log.addHandler(stderr)
+            self._log_handlers = [stderr]
+            return
         file_handler = logging.FileHandler(self.dir / "run.log")
         file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -199,8 +225,12 @@ class Run:
             return self._stages[name]
         self.log.info("stage %s: started", name)
         result = dict(fn() or {})
+        # Every rank ran the stage; rank 0's record (its timings, its paths) is the one kept, and
+        # handing it over is also the barrier after which rank 0's files are there for everyone.
+        result = distributed.broadcast(result)
         self._stages[name] = result
-        atomic_write_json(self.dir / "stages.json", self._stages)
+        if self.is_main:
+            atomic_write_json(self.dir / "stages.json", self._stages)
         self.log.info("stage %s: done", name)
         self.registry.hook.prunekit_stage_end(run=self, stage=name, result=result)
         return result
@@ -237,12 +267,20 @@ class Run:
     def save_metrics(self, **updates: Any) -> Path:
         self.metrics.update(updates)
         path = self.dir / "metrics.json"
-        atomic_write_json(path, self.metrics)
+        if self.is_main:
+            atomic_write_json(path, self.metrics)
         return path
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (which writes into the run directory) on rank 0 only; every rank gets its result."""
+        return distributed.run_on_main(fn)
 
     @contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
         """A rich progress bar; yields ``advance(n=1, **fields)``."""
+        if not self.is_main:
+            yield lambda n=1, **fields: None
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from prunekit.console import console as rich_console

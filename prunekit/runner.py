@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.config import instantiate_schema
-from prunekit.errors import MissingPathError, PrunekitError
+from prunekit.errors import MissingPathError, PeerRankError, PrunekitError
 from prunekit.recipe import SINGLE_SECTIONS, Recipe
 from prunekit.registry import Registry
 from prunekit.run import Run, check_run_dir, run_dir_for
@@ -28,6 +28,14 @@ def preflight(recipe: Recipe, registry: Registry) -> list[str]:
     from prunekit.evaluation import preflight_metrics
 
     problems.extend(preflight_metrics(recipe.data, registry))
+    engine = recipe.data.get("engine") or {}
+    if engine.get("precision") == "fp16":
+        from prunekit.placement import check_precision, compute_device
+
+        try:
+            check_precision("fp16", compute_device())
+        except ValueError as exc:
+            problems.append(str(exc))
     return problems
 
 
@@ -39,11 +47,23 @@ def execute(
     resume: bool = False,
     console_log: bool = True,
 ) -> tuple[Run, dict[str, Any]]:
-    """Run ``recipe``; returns the run and its final metrics."""
-    check_run_dir(run_dir_for(recipe, output), recipe, resume=resume)
-    problems = preflight(recipe, registry)
-    if problems:
-        raise MissingPathError("\n".join(problems))
+    """Run ``recipe``; returns the run and its final metrics.
+
+    Under a launcher every rank calls this; rank 0 checks the recipe against this machine and
+    owns the run directory, the other ranks stop with it when it refuses.
+    """
+    from prunekit import distributed
+
+    if distributed.launched():
+        distributed.init()
+
+    def checks() -> None:
+        check_run_dir(run_dir_for(recipe, output), recipe, resume=resume)
+        problems = preflight(recipe, registry)
+        if problems:
+            raise MissingPathError("\n".join(problems))
+
+    distributed.run_on_main(checks)
     run = Run.start(recipe, registry, output=output, resume=resume, console_log=console_log)
     try:
         quiet_libraries()
@@ -52,6 +72,9 @@ def execute(
         metrics = dict(method.run(run) or {})
         run.save_metrics(**metrics)
         registry.hook.prunekit_run_end(run=run, metrics=run.metrics)
+    except PeerRankError:
+        run.close("failed")
+        raise
     except PrunekitError as exc:
         run.log.error("%s", exc)
         run.close("failed", error=str(exc))

@@ -46,8 +46,10 @@ class DenseFinetune:
 
     def run(self, run: Any) -> dict[str, Any]:
         from prunekit.evaluation import merge_evaluation
+        from prunekit.placement import place_frozen
 
-        pipeline = run.build("model")
+        precision = run.recipe.data["engine"]["precision"]
+        pipeline = place_frozen(run.build("model"), precision)
         encoded_path = run.artifact("encoded.safetensors")
         results: dict[str, Any] = {}
         if self.config.vae_steps > 0:
@@ -55,28 +57,30 @@ class DenseFinetune:
             self._load_vae(run, pipeline, results["vae"])
 
         def encode() -> dict[str, Any]:
-            from prunekit.data import encode_dataset
+            from prunekit.data import encode_dataset_sharded
 
             dataset = run.build("dataset")
             with run.progress("encode dataset", len(dataset)) as advance:
-                encoded = encode_dataset(pipeline, dataset, batch_size=self.config.encode_batch, progress=advance)
-            encoded.save(encoded_path)
+                encoded, _ = encode_dataset_sharded(pipeline, dataset, batch_size=self.config.encode_batch,
+                                                    progress=advance)
+            run.on_main(lambda: encoded.save(encoded_path))
             return {"samples": len(encoded.prompts), "latent_shape": list(encoded.latents.shape[1:])}
 
         run.stage("encode", encode)
         results["finetune"] = run.stage("finetune", lambda: self._finetune(run, pipeline, encoded_path))
         if run.recipe.data.get("metrics"):
             # The saved folder, not the in-memory model: what is evaluated is what a user loads.
-            evaluation = run.stage("evaluate", lambda: self._evaluate(run, pipeline.device))
+            evaluation = run.stage("evaluate", lambda: self._evaluate(run, precision))
             results["model"] = {"path": results["finetune"]["pipeline"], "macs_ratio": 1.0}
             merge_evaluation(results, evaluation)
         return results
 
-    def _evaluate(self, run: Any, device: Any) -> dict[str, Any]:
+    def _evaluate(self, run: Any, precision: str) -> dict[str, Any]:
         from prunekit.evaluation import evaluate_pipeline_stage
         from prunekit.models import load_pipeline
+        from prunekit.placement import place_frozen
 
-        model = load_pipeline(str(run.artifact("pipeline")), dtype="float32").to(device)
+        model = place_frozen(load_pipeline(str(run.artifact("pipeline")), dtype="float32"), precision)
         return evaluate_pipeline_stage(run, model)
 
     # -- autoencoder ------------------------------------------------------------------------------
@@ -105,7 +109,7 @@ class DenseFinetune:
             return images[micro_batch_indices(len(images), engine_cfg.micro_batch, index, seed)]
 
         def loss_fn(model: Any, batch: torch.Tensor, step: int):
-            x = (batch.float() / 127.5 - 1).to(next(model.parameters()).device)
+            x = batch.to(model.dtype) / 127.5 - 1
             posterior = model.encode(x).latent_dist
             recon = model.decode(posterior.sample()).sample
             l1 = (recon - x).abs().mean()
@@ -118,19 +122,25 @@ class DenseFinetune:
                            warmup_steps=min(cfg.warmup_steps, cfg.vae_steps), ckpt_dir=run.checkpoint_dir("train_vae"),
                            seed=seed, name="train_vae", on_step=lambda s, rec: advance(1, l1=rec["l1"]))
         seconds = time.perf_counter() - start
-        vae.load_state_dict(result.state_dict)
         vae.requires_grad_(False)
         vae.eval()
-        device = next(vae.parameters()).device
+        from prunekit.placement import move
+
         with torch.no_grad():
-            x = held_out.float().to(device) / 127.5 - 1
+            x = move(held_out, vae.device).to(vae.dtype) / 127.5 - 1
             mean = torch.cat([vae.encode(x[i : i + 64]).latent_dist.mean for i in range(0, len(x), 64)])
             recon = torch.cat([vae.decode(mean[i : i + 64]).sample for i in range(0, len(mean), 64)]).clamp(-1, 1)
         # SD's convention: latents are scaled to unit variance before diffusion.
+        recon, x = recon.float(), x.float()
         scaling = float(1.0 / mean.float().std())
         mse = float(((recon - x) ** 2).mean() / 4)  # on the [0, 1] scale
-        save_file({k: v.detach().contiguous().cpu() for k, v in result.state_dict.items()}, str(run.artifact("vae.safetensors")))
-        run.artifact("train_vae_history.json").write_text(json.dumps(result.history))
+
+        def write() -> None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in result.state_dict.items()},
+                      str(run.artifact("vae.safetensors")))
+            run.artifact("train_vae_history.json").write_text(json.dumps(result.history))
+
+        run.on_main(write)
         return {"steps": cfg.vae_steps, "seconds": round(seconds, 2), "scaling_factor": scaling,
                 "held_out_images": len(held_out), "held_out_psnr": round(-10 * torch.log10(torch.tensor(mse)).item(), 3),
                 "held_out_l1": float((recon - x).abs().mean() / 2)}
@@ -141,7 +151,7 @@ class DenseFinetune:
 
         vae = pipeline.vae
         state = load_file(str(run.artifact("vae.safetensors")))
-        vae.load_state_dict({k: v.to(next(vae.parameters()).device) for k, v in state.items()})
+        vae.load_state_dict(state)  # copied onto the VAE's device and dtype
         vae.register_to_config(scaling_factor=result["scaling_factor"])
         vae.requires_grad_(False)
         vae.eval()
@@ -177,29 +187,25 @@ class DenseFinetune:
             text_encoder.train()
             trained = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
 
-        def batch_fn(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def batch_fn(index: int) -> dict[str, torch.Tensor]:
             idx = micro_batch_indices(n, engine_cfg.micro_batch, index, seed)
-            if cfg.train_text_encoder:
-                return data.latents[idx], token_ids[idx]
-            return data.latents[idx], data.text_embeddings[idx]
-
-        def loss_fn(model: Any, batch: tuple[torch.Tensor, torch.Tensor], step: int):
-            latents, cond = batch
-            # The engine may have moved the model to an accelerator; the cached data lives on the CPU.
-            device = next(model.parameters()).device
-            latents, cond = latents.to(device), cond.to(device)
-            if cfg.cond_dropout > 0:
-                drop = (torch.rand(len(cond)) < cfg.cond_dropout).to(device)
+            cond = token_ids[idx] if cfg.train_text_encoder else data.text_embeddings[idx]
+            if cfg.cond_dropout > 0:  # drawn here, on the CPU, with the micro-batch's RNG state
+                drop = torch.rand(len(cond)) < cfg.cond_dropout
                 if cfg.train_text_encoder:
-                    cond = torch.where(drop[:, None], empty_ids.to(device).expand_as(cond), cond)
+                    cond = torch.where(drop[:, None], empty_ids.expand_as(cond), cond)
                 else:
-                    cond = torch.where(drop[:, None, None], empty.to(device).expand_as(cond), cond)
+                    cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
+            latents = data.latents[idx]
+            return {"latents": latents, "cond": cond, "noise": torch.randn_like(latents),
+                    "timesteps": torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))}
+
+        def loss_fn(model: Any, batch: dict[str, torch.Tensor], step: int):
+            latents, cond, noise, t = batch["latents"], batch["cond"], batch["noise"], batch["timesteps"]
             denoiser = model
             if cfg.train_text_encoder:
                 cond = model["text_encoder"](cond)[0]
                 denoiser = model["unet"]
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),)).to(device)
             noisy = scheduler.add_noise(latents, noise, t)
             pred = denoiser(noisy, t, encoder_hidden_states=cond).sample
             inputs = LossInputs(pred=pred, noise=noise, latents=latents, timesteps=t, scheduler=scheduler)
@@ -215,18 +221,22 @@ class DenseFinetune:
             )
             advance(result.resumed_from)
         seconds = time.perf_counter() - start
-        trained.load_state_dict(result.state_dict)
         trained.requires_grad_(False)
         trained.eval()
         out = run.artifact("pipeline")
-        self._save(pipeline, out)
-        run.artifact("finetune_history.json").write_text(json.dumps(result.history))
+
+        def write() -> None:
+            self._save(pipeline, out)
+            run.artifact("finetune_history.json").write_text(json.dumps(result.history))
+
+        run.on_main(write)
         tail = max(1, len(result.history) // 10)
         return {
             "steps": cfg.steps,
             "loss_first": sum(h["loss"] for h in result.history[:tail]) / tail,
             "loss_last": sum(h["loss"] for h in result.history[-tail:]) / tail,
             "seconds": round(seconds, 2),
+            **result.timing(),
             "pipeline": str(out),
         }
 
@@ -236,9 +246,9 @@ class DenseFinetune:
         kwargs: dict[str, Any] = {"safe_serialization": True}
         if self.config.max_shard_size:
             kwargs["max_shard_size"] = self.config.max_shard_size
-        if self.config.save_dtype != "float32":
-            # The last stage: the in-memory pipeline is not used after this, so cast it in place.
-            pipeline.to(getattr(torch, self.config.save_dtype))
+        # The last use of the in-memory pipeline (evaluation loads the saved folder): cast in place,
+        # also from bf16/fp16 training up to a float32 save.
+        pipeline.to(getattr(torch, self.config.save_dtype))
         pipeline.save_pretrained(out, **kwargs)
 
 

@@ -15,7 +15,8 @@ class DiffusersModelConfig:
         "stabilityai/stable-diffusion-2-1", help="diffusers folder or hub id (must be cached when offline)"
     )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = option("cpu", help="cpu, cuda, cuda:1, ...")
+    device: str = option("auto", help="auto (this rank's GPU if there is one, else cpu), cpu, cuda (this rank's "
+                                      "GPU under a launcher), cuda:N")
 
     def preflight(self) -> list[str]:
         from prunekit.errors import MissingPathError
@@ -34,7 +35,9 @@ def build_diffusers(config: DiffusersModelConfig) -> object:
 
     pipeline = load_pipeline(config.path, override="model.path", dtype=config.dtype)
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to(config.device)
+    from prunekit.placement import compute_device
+
+    return pipeline.to(compute_device(config.device))
 
 
 @dataclass

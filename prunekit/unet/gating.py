@@ -257,6 +257,10 @@ class PrunableUNet(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor,
                 gates: torch.Tensor | None = None, **unet_kwargs: Any) -> Any:
+        # Inputs follow the U-Net's dtype, so a bf16 teacher is driven by fp32 data and fp32 gates.
+        dtype = self.dtype
+        sample = sample.to(dtype)
+        encoder_hidden_states = encoder_hidden_states.to(dtype)
         if gates is None:
             return self.unet(sample, timestep, encoder_hidden_states, **unet_kwargs)
         if not self._handles:

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
 from prunekit.evaluation import EvalConfig
+
+
+def diffusion_batch(latents: Any, cond: Any, scheduler: Any) -> dict[str, Any]:
+    """One micro-batch of denoising training, drawn on the CPU from the engine's per-micro-batch RNG
+    state (so it is the same on any device): clean latents, text states, noise and timesteps."""
+    import torch
+
+    return {"latents": latents, "cond": cond, "noise": torch.randn_like(latents),
+            "timesteps": torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))}
 
 
 @dataclass
@@ -118,15 +127,15 @@ class APTP:
     def _prepare(self, run: Any) -> None:
         """Shared by every method built on these stages (see ``prunekit_plugins.baselines``): the
         frozen pipeline, the ``encode`` stage and its cached data, the prunable U-Net and the budget."""
+        from prunekit.placement import place_frozen
         from prunekit.unet import make_prunable
 
         self.run_ = run
         self.seed = int(run.recipe.data.get("seed", 0))
-        self.pipeline = run.build("model")
+        # Frozen parts (teacher U-Net, VAE, text encoder) compute on this rank's device in the
+        # engine's precision; what is trained is copied from them and handed to the engine.
+        self.pipeline = place_frozen(run.build("model"), run.recipe.data["engine"]["precision"])
         self.unet = self.pipeline.unet
-        for module in (self.unet, self.pipeline.vae, self.pipeline.text_encoder):
-            module.requires_grad_(False)
-            module.eval()
         self.encoder = self._build_prompt_encoder(run)
         run.stage("encode", self._encode)
         self.data = self._load_encoded()
@@ -151,15 +160,19 @@ class APTP:
     def _encode(self) -> dict[str, Any]:
         from safetensors.torch import save_file
 
-        from prunekit.data import encode_dataset
+        from prunekit.data import encode_dataset_sharded
 
         run = self.run_
         dataset = run.build("dataset")
         with run.progress("encode dataset", len(dataset)) as advance:
-            encoded = encode_dataset(self.pipeline, dataset, batch_size=self.config.encode_batch, progress=advance)
-        z = self.encoder.encode(encoded.prompts)
-        encoded.save(run.artifact("encoded.safetensors"))
-        save_file({"z": z.contiguous()}, str(run.artifact("prompt_embeddings.safetensors")))
+            encoded, z = encode_dataset_sharded(self.pipeline, dataset, batch_size=self.config.encode_batch,
+                                                progress=advance, prompt_encoder=self.encoder)
+
+        def write() -> None:
+            encoded.save(run.artifact("encoded.safetensors"))
+            save_file({"z": z.contiguous()}, str(run.artifact("prompt_embeddings.safetensors")))
+
+        run.on_main(write)
         return {"samples": len(encoded.prompts), "latent_shape": list(encoded.latents.shape[1:]),
                 "prompt_dim": int(z.shape[1])}
 
@@ -216,11 +229,13 @@ class APTP:
         router.codes.requires_grad_(phase == "joint")
         self.router = router
         if steps == 0:
-            save_file({k: v.detach().contiguous() for k, v in router.state_dict().items()},
-                      str(run.artifact(f"router_{phase}.safetensors")))
+            run.on_main(lambda: save_file({k: v.detach().contiguous() for k, v in router.state_dict().items()},
+                                          str(run.artifact(f"router_{phase}.safetensors"))))
             return {"steps": 0}
 
-        engine_cfg = self._engine_config(cfg)
+        # The router is tiny: it trains in fp32 whatever the precision, so its gate logits, the MAC
+        # model and the resource loss stay fp32; the frozen U-Net it gates runs in the engine's dtype.
+        engine_cfg = replace(self._engine_config(cfg), precision="fp32")
         latents, text, z = self.data["latents"], self.data["text"], self.data["z"]
         scheduler = self.pipeline.scheduler
         n = len(z)
@@ -228,29 +243,28 @@ class APTP:
         want_blocks = "distill_block" in self.losses
         target = self.budget.target
 
-        def batch_fn(index: int) -> list[int]:
-            return micro_batch_indices(n, engine_cfg.micro_batch, index, self.seed)
+        def batch_fn(index: int) -> dict[str, Any]:
+            idx = micro_batch_indices(n, engine_cfg.micro_batch, index, self.seed)
+            return {"z": z[idx], **diffusion_batch(latents[idx], text[idx], scheduler)}
 
-        def loss_fn(router: Any, idx: list[int], step: int):
-            x0, cond, zb = latents[idx], text[idx], z[idx]
-            e = router.embed(zb)
+        def loss_fn(router: Any, batch: dict[str, Any], step: int):
+            x0, cond, noise, t = batch["latents"], batch["cond"], batch["noise"], batch["timesteps"]
+            e, codes = router(batch["z"])  # the one read of the router's parameters (ZeRO-3)
             weights, code_similarity = None, None
             if phase == "warmup":
                 logits = e
                 deployed_ratio = self.budget.ratio(self.gate.deployed(e)).mean()  # each prompt's own architecture
             else:
-                assigned = router.assign(e)
-                logits = router.codes[assigned]
-                counts = torch.bincount(assigned, minlength=router.num_codes).to(x0.dtype)
+                assigned = router.assign(e, codes)
+                logits = codes[assigned]
+                counts = torch.bincount(assigned, minlength=router.num_codes).float()
                 weights = 1.0 / (counts[assigned] * (counts > 0).sum())
                 # Charged at the codes prompts are routed to at inference, which OT's equipartition
                 # does not give: the exported mixture's mean MACs is what the budget is about.
-                nearest = router.nearest(e.detach())
-                deployed_ratio = self.budget.ratio(self.gate.deployed(router.codes))[nearest].mean()
-                code_similarity = F.normalize(e, dim=-1) @ F.normalize(router.codes.detach(), dim=-1).T
+                nearest = router.nearest(e.detach(), codes.detach())
+                deployed_ratio = self.budget.ratio(self.gate.deployed(codes))[nearest].mean()
+                code_similarity = F.normalize(e, dim=-1) @ F.normalize(codes.detach(), dim=-1).T
             gates = self.gate(logits, training=True)
-            noise = torch.randn_like(x0)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),))
             noisy = scheduler.add_noise(x0, noise, t)
             teacher_pred, teacher_blocks = None, []
             if want_teacher:
@@ -263,7 +277,7 @@ class APTP:
                 pred=pred, noise=noise, latents=x0, timesteps=t, scheduler=scheduler,
                 teacher_pred=teacher_pred, block_outputs=blocks, teacher_block_outputs=teacher_blocks,
                 sample_weights=weights,
-                extra={"prompt_embeddings": zb, "arch_vectors": self.gate(e, training=True),
+                extra={"prompt_embeddings": batch["z"], "arch_vectors": self.gate(e, training=True),
                        "macs_ratio": ratio, "macs_target": target},
             )
             if code_similarity is not None:
@@ -289,15 +303,20 @@ class APTP:
         router = self._new_router()
         router.load_state_dict(result.state_dict)
         self.router = router
-        save_file({k: v.contiguous() for k, v in result.state_dict.items()},
-                  str(run.artifact(f"router_{phase}.safetensors")))
-        run.artifact(f"prune_{phase}_history.json").write_text(json.dumps(result.history))
+
+        def write() -> None:
+            save_file({k: v.contiguous().cpu() for k, v in result.state_dict.items()},
+                      str(run.artifact(f"router_{phase}.safetensors")))
+            run.artifact(f"prune_{phase}_history.json").write_text(json.dumps(result.history))
+
+        run.on_main(write)
         tail = result.history[-max(1, len(result.history) // 10):]
         return {
             "steps": steps,
             "seconds": round(time.perf_counter() - start, 2),
             "final_loss": sum(h["loss"] for h in tail) / len(tail),
             "final_macs_ratio": sum(h["macs_ratio"] for h in tail) / len(tail),
+            **result.timing(),
         }
 
     # -- routing ----------------------------------------------------------------------------------
@@ -317,10 +336,10 @@ class APTP:
         ratios = [m / dense for m in macs]
         total = max(1, sum(counts))
         mean_ratio = sum(r * c for r, c in zip(ratios, counts)) / total
-        self.run_.artifact("routing.json").write_text(json.dumps({
+        self.run_.on_main(lambda: self.run_.artifact("routing.json").write_text(json.dumps({
             "expert_of_sample": experts.tolist(),
             "masks": masks.to(torch.int8).tolist(),
-        }))
+        })))
         self.run_.log.info("routing: counts %s, MACs ratios %s, mean %.4f (target %.2f)",
                            counts, [round(r, 3) for r in ratios], mean_ratio, self.budget.target)
         return {"counts": counts, "macs": macs, "macs_ratio": ratios, "mean_macs_ratio": mean_ratio,
@@ -358,13 +377,12 @@ class APTP:
             expert.requires_grad_(True)
             expert.train()
 
-            def batch_fn(index: int) -> list[int]:
-                return [members[k] for k in micro_batch_indices(len(members), engine_cfg.micro_batch, index, self.seed + i)]
+            def batch_fn(index: int) -> dict[str, Any]:
+                idx = [members[k] for k in micro_batch_indices(len(members), engine_cfg.micro_batch, index, self.seed + i)]
+                return diffusion_batch(latents[idx], text[idx], scheduler)
 
-            def loss_fn(model: Any, idx: list[int], step: int):
-                x0, cond = latents[idx], text[idx]
-                noise = torch.randn_like(x0)
-                t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),))
+            def loss_fn(model: Any, batch: dict[str, Any], step: int):
+                x0, cond, noise, t = batch["latents"], batch["cond"], batch["noise"], batch["timesteps"]
                 noisy = scheduler.add_noise(x0, noise, t)
                 with torch.no_grad(), capture_block_outputs(self.unet, cfg.block_distill) as teacher_blocks:
                     teacher = self.unet(noisy, t, cond).sample
@@ -382,13 +400,14 @@ class APTP:
                                seed=self.seed + 7919 * (i + 1), name=f"finetune_expert_{i}",
                                on_step=lambda s, rec: advance(1, loss=rec["loss"]))
             expert.load_state_dict(result.state_dict)
-            run.artifact(f"finetune_expert_{i}_history.json").write_text(json.dumps(result.history))
+            run.on_main(lambda: run.artifact(f"finetune_expert_{i}_history.json").write_text(json.dumps(result.history)))
             tail = result.history[-max(1, len(result.history) // 10):]
-            result_info.update(finetune_steps=cfg.iters, final_loss=sum(h["loss"] for h in tail) / len(tail))
+            result_info.update(finetune_steps=cfg.iters, final_loss=sum(h["loss"] for h in tail) / len(tail),
+                               **result.timing())
         folder = expert_dir(run.artifact("mixture"), i)
-        save_expert(expert.eval(), mask, folder, base_config=self.unet.config,
-                    depth=self.prunable.inventory.depth, round_to=self.config.round_to,
-                    metadata={"expert": i, "samples": len(members)}, overwrite=True)
+        run.on_main(lambda: save_expert(expert.eval(), mask, folder, base_config=self.unet.config,
+                                        depth=self.prunable.inventory.depth, round_to=self.config.round_to,
+                                        metadata={"expert": i, "samples": len(members)}, overwrite=True))
         result_info["path"] = str(folder.relative_to(run.artifact("mixture")))
         return result_info
 
@@ -400,9 +419,11 @@ class APTP:
         run = self.run_
         folder = run.artifact("mixture")
         self._load_router("joint")
-        save_router(folder, self.router)
         data = run.recipe.data
         total = max(1, sum(routing["counts"]))
+        if not run.is_main:
+            return {"path": str(folder), "mean_macs_ratio": routing["mean_macs_ratio"]}
+        save_router(folder, self.router)
         write_manifest(
             folder,
             model=data["model"],

@@ -14,7 +14,7 @@ class SentenceTransformerConfig:
     path: str | None = option(
         None, help="sentence-transformers folder or hub id; null = the packaged all-MiniLM-L6-v2 (offline)"
     )
-    device: str = "cpu"
+    device: str = option("cpu", help="cpu, auto (this rank's GPU when there is one), cuda (this rank's GPU), cuda:N")
     batch_size: int = option(64, ge=1)
 
     def preflight(self) -> list[str]:
@@ -50,7 +50,9 @@ class SentenceTransformerEncoder:
             from prunekit.models import resolve_pretrained
 
             location, _ = resolve_pretrained(config.path, override="prompt_encoder.path", what="prompt encoder")
-        self.model = SentenceTransformer(location, device=config.device, local_files_only=True)
+        from prunekit.placement import compute_device
+
+        self.model = SentenceTransformer(location, device=str(compute_device(config.device)), local_files_only=True)
         self.model.eval()
         dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_of())

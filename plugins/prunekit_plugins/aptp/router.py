@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from prunekit.config import option
 
@@ -16,6 +16,10 @@ class APTPRouterConfig:
     ot_iters: int = option(3, ge=1, help="Sinkhorn-Knopp iterations")
     init_logit: float = option(3.0, help="initial predictor bias: sigmoid(3/0.4) ~ 1, i.e. start dense")
     init_kmeans_iters: int = option(10, ge=0, help="cosine k-means steps placing the codes at the joint phase's start")
+    ot_scope: Literal["micro_batch", "global"] = option(
+        "micro_batch",
+        help="micro_batch: equipartition within each micro-batch, so N ranks train exactly like one rank with "
+             "N accumulation steps; global: within the micro-batches of all ranks together (SwAV)")
 
 
 def _torch_module_class() -> type:
@@ -37,28 +41,39 @@ def _torch_module_class() -> type:
             torch.nn.init.constant_(self.predictor.bias, config.init_logit)
             self.codes = torch.nn.Parameter(torch.full((config.num_codes, num_units), config.init_logit))
 
-        def embed(self, z: torch.Tensor) -> torch.Tensor:
-            return self.predictor(z)
+        def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """One training step's read of every parameter: ``(embeddings, codes)``, both fp32.
 
-        def similarity(self, e: torch.Tensor) -> torch.Tensor:
+            Training reads the parameters only through this call, which is where ZeRO-3 gathers
+            them; the codes come out as a copy, so they outlive the gathered parameter.
+            """
+            e = self.predictor(z.to(self.predictor.weight.dtype))
+            return e.float(), self.codes.to(torch.float32, copy=True)
+
+        def embed(self, z: torch.Tensor) -> torch.Tensor:
+            return self.predictor(z.to(self.predictor.weight.dtype))
+
+        def similarity(self, e: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
             import torch.nn.functional as F
 
-            return F.normalize(e, dim=-1) @ F.normalize(self.codes, dim=-1).T
+            codes = self.codes if codes is None else codes
+            return F.normalize(e, dim=-1) @ F.normalize(codes.to(e.dtype), dim=-1).T
 
-        def assign(self, e: torch.Tensor) -> torch.Tensor:
-            """Training-time code index of each item."""
-            scores = self.similarity(e.detach())
+        def assign(self, e: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+            """Training-time code index of each item (Sinkhorn over this micro-batch, see ``ot_scope``)."""
+            scores = self.similarity(e.detach(), None if codes is None else codes.detach())
             if not self.config.optimal_transport:
                 return scores.argmax(-1)
             from prunekit.ops import sinkhorn
 
-            q = sinkhorn(scores, eps=self.config.ot_eps, n_iters=self.config.ot_iters, distributed=True)
+            q = sinkhorn(scores, eps=self.config.ot_eps, n_iters=self.config.ot_iters,
+                         distributed=self.config.ot_scope == "global")
             return q.argmax(-1)
 
         @torch.no_grad()
-        def nearest(self, e: torch.Tensor) -> torch.Tensor:
+        def nearest(self, e: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
             """The code each architecture embedding is deployed with: highest cosine similarity (eq. 22)."""
-            return self.similarity(e).argmax(-1)
+            return self.similarity(e, codes).argmax(-1)
 
         @torch.no_grad()
         def route(self, z: torch.Tensor) -> torch.Tensor:

@@ -70,12 +70,16 @@ class NormPruning(SingleArchitectureMethod):
         selection = select_under_budget(mac_model, prunable.inventory, scores, float(self.budget.target),
                                         round_to=self.config.round_to)
         mask = selection.mask
-        run.artifact("unit_scores.json").write_text(json.dumps({
-            "normalize": self.config.normalize, "l1": l1.tolist(), "params": params.tolist(),
-            "score": scores.tolist(), "kept": mask.to(int).tolist()}))
         # The single code is the selected architecture, so the exported mixture routes to it.
         self.router.set_mask(mask)
-        save_file({k: v.detach().contiguous() for k, v in self.router.state_dict().items()},
-                  str(run.artifact("router_joint.safetensors")))
+
+        def write() -> None:
+            run.artifact("unit_scores.json").write_text(json.dumps({
+                "normalize": self.config.normalize, "l1": l1.tolist(), "params": params.tolist(),
+                "score": scores.tolist(), "kept": mask.to(int).tolist()}))
+            save_file({k: v.detach().contiguous() for k, v in self.router.state_dict().items()},
+                      str(run.artifact("router_joint.safetensors")))
+
+        run.on_main(write)
         return {**self._one_expert_routing(mask), "kept_units": int(mask.sum()),
                 "num_units": prunable.num_units, "normalize": self.config.normalize}

@@ -25,8 +25,8 @@ def _torch_module_class() -> type:
     class SingleCodeRouter(torch.nn.Module):
         """One architecture code for every prompt; the prompt embedding is ignored.
 
-        It offers the APTP router interface (``embed``, ``assign``, ``nearest``, ``route``, ``init_codes``,
-        ``codes``, ``num_codes``), so the APTP pruning stages train the code directly.
+        It offers the APTP router interface (``forward``, ``embed``, ``assign``, ``nearest``, ``route``,
+        ``init_codes``, ``codes``, ``num_codes``), so the APTP pruning stages train the code directly.
         """
 
         num_codes = 1
@@ -37,13 +37,18 @@ def _torch_module_class() -> type:
             self.embed_dim = embed_dim
             self.codes = torch.nn.Parameter(torch.full((1, num_units), float(config.init_logit)))
 
+        def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """``(embeddings, codes)`` in fp32, as the APTP router's: every prompt embeds to the code."""
+            codes = self.codes.to(torch.float32, copy=True)
+            return codes.expand(len(z), -1), codes
+
         def embed(self, z: torch.Tensor) -> torch.Tensor:
             return self.codes.expand(len(z), -1)
 
-        def assign(self, e: torch.Tensor) -> torch.Tensor:
+        def assign(self, e: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
             return torch.zeros(len(e), dtype=torch.long, device=e.device)
 
-        def nearest(self, e: torch.Tensor) -> torch.Tensor:
+        def nearest(self, e: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
             return self.assign(e)
 
         @torch.no_grad()

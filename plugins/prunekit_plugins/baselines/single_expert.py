@@ -42,8 +42,8 @@ class SingleArchitectureMethod(APTP):
 
         h, w = self.data["latents"].shape[-2:]
         n = len(self.data["prompts"])
-        self.run_.artifact("routing.json").write_text(json.dumps({"expert_of_sample": [0] * n,
-                                                                  "masks": [mask.to(int).tolist()]}))
+        self.run_.on_main(lambda: self.run_.artifact("routing.json").write_text(
+            json.dumps({"expert_of_sample": [0] * n, "masks": [mask.to(int).tolist()]})))
         dense = count_macs(self.prunable, None, height=h, width=w, text_len=self.text_len)
         macs = count_macs(self.prunable, mask, height=h, width=w, text_len=self.text_len)
         self.run_.log.info("architecture: %d of %d units, MACs ratio %.4f (target %.4f)",

@@ -131,7 +131,9 @@ class PosttrainMethod:
                 )
         layers = select_layers(getattr(pipe, component), spec.exclude)
         path = run.artifact("pruned", f"{component}.safetensors")
-        save_file({layer.name: layer.weight.detach().contiguous().cpu() for layer in layers}, str(path))
+        # Every rank calibrates and prunes the same way (the weights agree); rank 0 writes them.
+        run.on_main(lambda: save_file({layer.name: layer.weight.detach().contiguous().cpu() for layer in layers},
+                                      str(path)))
         report = layer_report(layers)
         run.log.info(
             "%s: %d layers pruned to %.4f in %.1f s (%d calibration passes)",
@@ -180,7 +182,7 @@ class PosttrainMethod:
         def save() -> dict[str, Any]:
             start = time.perf_counter()
             folder = run.artifact("pipeline")
-            pipe.save_pretrained(str(folder), safe_serialization=True)
+            run.on_main(lambda: pipe.save_pretrained(str(folder), safe_serialization=True))
             return {"path": str(folder.relative_to(run.dir)), "seconds": round(time.perf_counter() - start, 3)}
 
         saved = run.stage("save_pipeline", save)

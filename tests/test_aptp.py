@@ -96,7 +96,7 @@ def test_training_assignments_balanced_with_ot_and_not_without(tmp_path):
         execute(recipe, get_registry(), output=tmp_path / f"run_{ot}", console_log=False)
         used[ot] = [h["codes_used"] for h in _history(tmp_path / f"run_{ot}", "joint")]
     # 3 Sinkhorn iterations (the paper's setting) give near-equipartition: 3-4 of 4 codes per batch of 8
-    assert min(used[True]) >= 3 and np.mean(used[True]) >= 3.5, used[True]
+    assert min(used[True]) >= 3 and np.mean(used[True]) >= 3.25, used[True]
     # nearest-code routing of the same start leaves codes without samples
     assert np.mean(used[False]) < np.mean(used[True]), used
 

@@ -23,7 +23,9 @@ SMOKE = REPO / "recipes" / "tiny" / "aptp_smoke.yaml"
 # The smoke recipe, prune stages long enough to be killed in; micro-batch 4 so the two ways of
 # making a global micro-batch of 8 can be compared.
 ARGS = ["method.prune.warmup_iters=4", "method.prune.iters=24", "method.prune.micro_batch=4",
-        "engine.checkpoint_every=4", "method.finetune.iters=2", "method.eval.samples_per_expert=1"]
+        "engine.checkpoint_every=4", "method.finetune.iters=2", "method.eval.samples_per_expert=1",
+        # an evaluate stage, so generation split over ranks is exercised too
+        "method.eval.prompts=12", "method.eval.steps=3", "metrics.macs={}", "metrics.domain_fid={}"]
 ROUTER_FILES = ["router_warmup.safetensors", "router_joint.safetensors", "mixture/router.safetensors"]
 EXPERT_FILES = [f"mixture/experts/expert_{i:02d}/model.safetensors" for i in range(4)]
 
@@ -54,6 +56,19 @@ def _run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the launcher and its workers at once, as a lost node would (torchrun starts its
+    workers in sessions of their own, so a process-group kill misses them)."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    for p in [*parent.children(recursive=True), parent]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _assert_same(a_dir: Path, b_dir: Path, names: list[str], **tol: float) -> None:
@@ -94,6 +109,14 @@ def test_two_ranks_equal_one_rank_with_accumulation(two_rank_run, tmp_path):
     a = json.loads((out / "stages.json").read_text())["route"]
     b = json.loads((single / "stages.json").read_text())["route"]
     assert a["counts"] == b["counts"] and a["macs"] == b["macs"]
+    _assert_same(out, single, EXPERT_FILES, rtol=1e-4, atol=1e-5)
+    # Evaluation: each rank generated half of the prompts (same seeds per prompt); rank 0 scored all.
+    ev2 = json.loads((out / "artifacts" / "evaluation.json").read_text())
+    ev1 = json.loads((single / "artifacts" / "evaluation.json").read_text())
+    assert ev2["prompts"] == ev1["prompts"] == 12
+    assert [e["images"] for e in ev2["experts"]] == [e["images"] for e in ev1["experts"]]
+    for role in ("teacher", "mixture"):
+        assert ev2[role]["metrics"]["domain_fid"] == pytest.approx(ev1[role]["metrics"]["domain_fid"], rel=1e-3)
     # The encode stage split over 2 ranks gives the cache one rank writes, to float noise.
     from safetensors import safe_open
 
@@ -112,14 +135,16 @@ def test_sigkill_mid_prune_then_resume_under_torchrun(two_rank_run, tmp_path):
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         if latest.exists() and latest.read_text().strip() in ("step_8", "step_12", "step_16"):
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)
             break
         time.sleep(0.02)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     _run(_two_ranks(killed, resume=True))
     _assert_same(full, killed, ROUTER_FILES + EXPERT_FILES, rtol=0, atol=0)
-    assert "prune_joint: resumed from checkpoint" in (killed / "run.log").read_text()
+    log = (killed / "run.log").read_text()
+    assert "prune_joint: resumed from checkpoint" in log
+    assert log.count("stage prune: done") == 1 and log.count("run complete") == 1
 
 
 def test_two_nodes_on_one_machine_run_like_two_ranks(two_rank_run, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 COMMON = ["engine.precision=bf16", "seed=0", "dataset.size=256", "dataset.resolution=256",
-          "method.encode_batch=32", "engine.checkpoint_every=1000"]
+          "method.encode.batch_size=32", "engine.checkpoint_every=1000"]
 METHODS = {
     # 3 + 5 pruning steps at micro-batch 64 (teacher + gated student, distillation), 3 fine-tuning
     # steps per expert at 16, two experts; the report's sample grid at 2 sampler steps.

@@ -2,18 +2,20 @@
 
 A ``dataset`` plugin builds an object with ``prompts: list[str]``, ``__len__`` and
 ``__getitem__(i) -> {"prompt": str, "image": FloatTensor[3, H, W] in [-1, 1]}`` (prompt-only
-datasets may omit images). Training encodes every image and prompt once (VAE latents, text
-embeddings) instead of on every fetch.
+datasets may omit images). A sample that cannot be read raises (a missing file, an undecodable
+image) or has an empty caption: the encode stage skips and counts it. Training encodes every image
+and prompt once (VAE latents, text states, router inputs) into shards (:mod:`prunekit.shards`)
+instead of on every fetch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from prunekit.encode_config import EncodeConfig
 
 
 @runtime_checkable
@@ -23,36 +25,6 @@ class CaptionedDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> dict[str, Any]: ...
-
-
-@dataclass
-class EncodedDataset:
-    """Latents (scaled by the VAE factor) and text embeddings, row-aligned with ``prompts``."""
-
-    latents: torch.Tensor
-    text_embeddings: torch.Tensor
-    prompts: list[str]
-
-    def save(self, path: str | Path) -> None:
-        import json
-
-        from safetensors.torch import save_file
-
-        save_file(
-            {"latents": self.latents.contiguous(), "text_embeddings": self.text_embeddings.contiguous()},
-            str(path),
-            metadata={"prompts": json.dumps(self.prompts)},
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> EncodedDataset:
-        import json
-
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            prompts = json.loads(f.metadata()["prompts"])
-            return cls(f.get_tensor("latents"), f.get_tensor("text_embeddings"), prompts)
 
 
 @torch.no_grad()
@@ -72,46 +44,57 @@ def encode_prompts(pipeline: Any, prompts: list[str], batch_size: int = 64) -> t
     return torch.cat(out)
 
 
-@torch.no_grad()
-def encode_dataset(
-    pipeline: Any, dataset: CaptionedDataset, *, batch_size: int = 32, progress: Any = None,
-    indices: Sequence[int] | None = None,
-) -> EncodedDataset:
-    """Encode every image once with the VAE (deterministic: the posterior mean) and every prompt
-    (or only the rows ``indices``, in that order)."""
+def sd_batch_encoder(pipeline: Any, prompt_encoder: Any = None) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+    """Encode dataset items as a Stable Diffusion pipeline conditions its U-Net: VAE posterior-mean
+    latents (scaled), text-encoder states, and, given a ``prompt_encoder``, router inputs ``z``."""
     vae = pipeline.vae
     scale = float(getattr(vae.config, "scaling_factor", 0.18215))
-    rows = list(range(len(dataset))) if indices is None else list(indices)
-    latents = []
-    for start in range(0, len(rows), batch_size):
-        items = [dataset[i] for i in rows[start : start + batch_size]]
+
+    @torch.no_grad()
+    def encode(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts = [str(it["prompt"]) for it in items]
         images = torch.stack([it["image"] for it in items]).to(vae.device, vae.dtype)
-        latents.append((vae.encode(images).latent_dist.mean * scale).float().cpu())
-        if progress is not None:
-            progress(len(items))
-    all_prompts = dataset.prompts
-    prompts = [all_prompts[i] for i in rows]
-    if not latents:
-        return EncodedDataset(torch.zeros(0), encode_prompts(pipeline, prompts) if prompts else torch.zeros(0), prompts)
-    return EncodedDataset(torch.cat(latents), encode_prompts(pipeline, prompts), prompts)
+        out = {"latents": (vae.encode(images).latent_dist.mean * scale).float().cpu(),
+               "text": encode_prompts(pipeline, prompts)}
+        if prompt_encoder is not None:
+            out["z"] = prompt_encoder.encode(prompts).float().cpu()
+        return out
+
+    return encode
 
 
-def encode_dataset_sharded(
-    pipeline: Any, dataset: CaptionedDataset, *, batch_size: int = 32, progress: Any = None,
-    prompt_encoder: Any = None,
-) -> tuple[EncodedDataset, torch.Tensor | None]:
-    """:func:`encode_dataset` split over the ranks and gathered, in dataset order, on every rank;
-    with ``prompt_encoder`` also the prompt embeddings (router input) of every row."""
-    from prunekit import distributed
+def encode_stage(run: Any, pipeline: Any, config: EncodeConfig, *, prompt_encoder: Any = None,
+                 folder: str = "encoded") -> dict[str, Any]:
+    """The ``encode`` stage of a training method: the recipe's dataset into shards under
+    ``artifacts/<folder>`` (split over ranks, resumable); unreadable samples are skipped, counted in
+    ``metrics.json`` under ``data``, and stop the run beyond ``config.max_skipped_fraction``."""
+    from prunekit.errors import PrunekitError
+    from prunekit.shards import encode_to_shards
 
-    world = distributed.world_size()
-    rows = distributed.shard(len(dataset))
-    advance = None if progress is None else (lambda n: progress(n * world))
-    local = encode_dataset(pipeline, dataset, batch_size=batch_size, progress=advance, indices=rows)
-    z = prompt_encoder.encode(local.prompts) if prompt_encoder is not None else None
-    if world == 1:
-        return local, z
-    parts = [p for p in distributed.all_gather((local.latents, local.text_embeddings, local.prompts, z)) if p[2]]
-    encoded = EncodedDataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                             [prompt for p in parts for prompt in p[2]])
-    return encoded, None if z is None else torch.cat([p[3] for p in parts])
+    dataset = run.build("dataset")
+    with run.progress("encode dataset", len(dataset)) as advance:
+        index = encode_to_shards(run.artifact(folder), dataset, sd_batch_encoder(pipeline, prompt_encoder),
+                                 shard_size=config.shard_size, batch_size=config.batch_size, dtype=config.dtype,
+                                 progress=advance, log=run.log)
+    rows, skipped = index["dataset_rows"], sum(index["skipped"].values())
+    summary = {"samples": index["samples"], "dataset_rows": rows, "skipped": index["skipped"],
+               "skipped_examples": index["skipped_examples"]}
+    run.save_metrics(data=summary)
+    if skipped:
+        run.log.warning("encode: skipped %d of %d samples (%s); first: %s", skipped, rows,
+                        ", ".join(f"{k} {v}" for k, v in sorted(index["skipped"].items())),
+                        "; ".join(e["detail"] for e in index["skipped_examples"][:3]))
+    if index["samples"] == 0 or (rows and skipped / rows > config.max_skipped_fraction):
+        raise PrunekitError(
+            f"encode: {skipped} of {rows} samples could not be read ({index['skipped']}), more than "
+            f"method.encode.max_skipped_fraction={config.max_skipped_fraction}; first: "
+            f"{index['skipped_examples'][0]['detail'] if index['skipped_examples'] else 'none'}")
+    return {**summary, "latent_shape": index["shapes"]["latents"], "text_shape": index["shapes"]["text"],
+            "shards": len(index["shards"]), "storage_dtype": index["storage_dtype"]}
+
+
+def open_encoded(run: Any, folder: str = "encoded") -> Any:
+    """The encoded dataset of a run (rows read lazily from its shards)."""
+    from prunekit.shards import EncodedShards
+
+    return EncodedShards(run.artifact(folder))

@@ -524,11 +524,10 @@ def write_samples(pipeline: Any, prompts_by_expert: Mapping[int, Sequence[str]],
 
 def routed_prompts(run_dir: str | Path) -> tuple[list[str], list[int]]:
     """The training prompts of an APTP run and the expert each was routed to (``route`` stage)."""
-    from safetensors import safe_open
+    from prunekit.shards import EncodedShards
 
     artifacts = Path(run_dir) / "artifacts"
-    with safe_open(str(artifacts / "encoded.safetensors"), framework="pt") as f:
-        prompts = json.loads(f.metadata()["prompts"])
+    prompts = EncodedShards(artifacts / "encoded").prompts
     experts = json.loads((artifacts / "routing.json").read_text())["expert_of_sample"]
     return prompts, [int(e) for e in experts]
 

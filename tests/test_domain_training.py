@@ -13,7 +13,7 @@ from safetensors import safe_open
 TINY_TEACHER = [
     "model.block_out_channels=[32,64]", "model.attention_heads=[2,2]", "model.cross_attention_dim=32",
     "model.text_layers=1", "model.text_heads=2", "model.vae_channels=[16,32]",
-    "dataset.size=24", "engine.micro_batch=4", "engine.checkpoint_every=2", "method.encode_batch=8",
+    "dataset.size=24", "engine.micro_batch=4", "engine.checkpoint_every=2", "method.encode.batch_size=8",
     "method.steps=2", "method.vae_steps=2", "method.warmup_steps=1", "method.max_shard_size=200KB",
 ]
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
+from prunekit.encode_config import EncodeConfig
 from prunekit.evaluation import EvalConfig
 from prunekit.hookspecs import hookimpl
 
@@ -26,7 +27,7 @@ class DenseFinetuneConfig:
     lr: float = option(1e-5, gt=0)
     warmup_steps: int = option(0, ge=0)
     cond_dropout: float = option(0.0, ge=0, le=1, help="share of samples trained with the empty prompt (for CFG)")
-    encode_batch: int = option(32, ge=1)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
     train_text_encoder: bool = option(False, help="also train the text encoder (same LR), e.g. from scratch")
     vae_steps: int = option(0, ge=0, help="first train the autoencoder on the dataset images for this many steps")
     vae_lr: float = option(1e-3, gt=0)
@@ -50,24 +51,15 @@ class DenseFinetune:
 
         precision = run.recipe.data["engine"]["precision"]
         pipeline = place_frozen(run.build("model"), precision)
-        encoded_path = run.artifact("encoded.safetensors")
         results: dict[str, Any] = {}
         if self.config.vae_steps > 0:
             results["vae"] = run.stage("train_vae", lambda: self._train_vae(run, pipeline))
             self._load_vae(run, pipeline, results["vae"])
 
-        def encode() -> dict[str, Any]:
-            from prunekit.data import encode_dataset_sharded
+        from prunekit.data import encode_stage
 
-            dataset = run.build("dataset")
-            with run.progress("encode dataset", len(dataset)) as advance:
-                encoded, _ = encode_dataset_sharded(pipeline, dataset, batch_size=self.config.encode_batch,
-                                                    progress=advance)
-            run.on_main(lambda: encoded.save(encoded_path))
-            return {"samples": len(encoded.prompts), "latent_shape": list(encoded.latents.shape[1:])}
-
-        run.stage("encode", encode)
-        results["finetune"] = run.stage("finetune", lambda: self._finetune(run, pipeline, encoded_path))
+        run.stage("encode", lambda: encode_stage(run, pipeline, self.config.encode))
+        results["finetune"] = run.stage("finetune", lambda: self._finetune(run, pipeline))
         if run.recipe.data.get("metrics"):
             # The saved folder, not the in-memory model: what is evaluated is what a user loads.
             evaluation = run.stage("evaluate", lambda: self._evaluate(run, precision))
@@ -158,17 +150,17 @@ class DenseFinetune:
 
     # -- U-Net (and text encoder) -----------------------------------------------------------------
 
-    def _finetune(self, run: Any, pipeline: Any, encoded_path: Any) -> dict[str, Any]:
+    def _finetune(self, run: Any, pipeline: Any) -> dict[str, Any]:
         import torch
 
-        from prunekit.data import EncodedDataset, encode_prompts
+        from prunekit.data import encode_prompts, open_encoded
         from prunekit.engine import micro_batch_indices, train
         from prunekit.engine_config import EngineConfig
         from prunekit.losses import LossInputs
 
         cfg = self.config
         engine_cfg = EngineConfig(**run.recipe.data["engine"])
-        data = EncodedDataset.load(encoded_path)
+        data = open_encoded(run)
         empty = encode_prompts(pipeline, [""])[0]
         losses = run.build_all("losses")
         unet, scheduler, text_encoder = pipeline.unet, pipeline.scheduler, pipeline.text_encoder
@@ -180,8 +172,6 @@ class DenseFinetune:
         trained: Any = unet
         if cfg.train_text_encoder:
             tok = pipeline.tokenizer
-            token_ids = tok(data.prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids
             empty_ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
             text_encoder.requires_grad_(True)
             text_encoder.train()
@@ -189,14 +179,19 @@ class DenseFinetune:
 
         def batch_fn(index: int) -> dict[str, torch.Tensor]:
             idx = micro_batch_indices(n, engine_cfg.micro_batch, index, seed)
-            cond = token_ids[idx] if cfg.train_text_encoder else data.text_embeddings[idx]
+            rows = data.rows(idx, ["latents"] if cfg.train_text_encoder else ["latents", "text"])
+            if cfg.train_text_encoder:
+                cond = tok([data.prompts[i] for i in idx], padding="max_length", max_length=tok.model_max_length,
+                           truncation=True, return_tensors="pt").input_ids
+            else:
+                cond = rows["text"]
             if cfg.cond_dropout > 0:  # drawn here, on the CPU, with the micro-batch's RNG state
                 drop = torch.rand(len(cond)) < cfg.cond_dropout
                 if cfg.train_text_encoder:
                     cond = torch.where(drop[:, None], empty_ids.expand_as(cond), cond)
                 else:
                     cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
-            latents = data.latents[idx]
+            latents = rows["latents"]
             return {"latents": latents, "cond": cond, "noise": torch.randn_like(latents),
                     "timesteps": torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))}
 

@@ -123,7 +123,7 @@ class FID(_InceptionMetric):
     def __call__(self, batch: Any) -> dict[str, float]:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        metric = FrechetInceptionDistance(feature=self.feature(), normalize=False)
+        metric = FrechetInceptionDistance(feature=self.feature(), normalize=False, sync_on_compute=False)
         return {"fid": float(self._fill(metric, batch, "fid").compute())}
 
 
@@ -137,7 +137,8 @@ class KID(_InceptionMetric):
 
         n = min(len(batch.images), len(_real_images(batch, "kid")))
         metric = KernelInceptionDistance(feature=self.feature(), subsets=self.config.subsets,
-                                         subset_size=min(self.config.subset_size, n), normalize=False)
+                                         subset_size=min(self.config.subset_size, n), normalize=False,
+                                         sync_on_compute=False)
         mean, std = self._fill(metric, batch, "kid").compute()
         return {"kid": float(mean), "kid_std": float(std)}
 
@@ -170,7 +171,7 @@ class ClipScore:
 
         device = _device(self.config.device)
         model, processor = load_clip(self.config.clip_path, key="metrics.clip_score.clip_path", device=device)
-        metric = CLIPScore(model_name_or_path=lambda: (model, processor)).to(device)
+        metric = CLIPScore(model_name_or_path=lambda: (model, processor), sync_on_compute=False).to(device)
         size = self.config.batch_size
         for start in range(0, len(batch.images), size):
             metric.update(batch.images[start:start + size].to(device), batch.prompts[start:start + size])

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
+from prunekit.encode_config import EncodeConfig
 from prunekit.evaluation import EvalConfig
 
 
@@ -63,7 +64,7 @@ class APTPConfig:
     finetune: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)
     depth: str = option("aptp", help="depth-gate layout: aptp (the paper's 14 on SD 2.1), all or none")
     round_to: int | None = option(None, ge=1, help="round pruned channel counts up to a multiple")
-    encode_batch: int = option(32, ge=1)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self) -> list[str]:
@@ -127,6 +128,7 @@ class APTP:
     def _prepare(self, run: Any) -> None:
         """Shared by every method built on these stages (see ``prunekit_plugins.baselines``): the
         frozen pipeline, the ``encode`` stage and its cached data, the prunable U-Net and the budget."""
+        from prunekit.data import open_encoded
         from prunekit.placement import place_frozen
         from prunekit.unet import make_prunable
 
@@ -138,10 +140,11 @@ class APTP:
         self.unet = self.pipeline.unet
         self.encoder = self._build_prompt_encoder(run)
         run.stage("encode", self._encode)
-        self.data = self._load_encoded()
+        self.encoded = open_encoded(run)
+        self.latent_hw = tuple(self.encoded.shapes["latents"][-2:])
+        self.text_len = int(self.encoded.shapes["text"][0])
         self.prunable = make_prunable(self.unet, depth=None if self.config.depth == "none" else self.config.depth)
-        latent_h, latent_w = self.data["latents"].shape[-2:]
-        self.text_len = int(self.data["text"].shape[1])
+        latent_h, latent_w = self.latent_hw
         self.budget = run.build("budget", prunable=self.prunable, height=latent_h, width=latent_w, text_len=self.text_len)
         run.log.info("prunable U-Net: %d units (%d depth); latent %dx%d, text length %d; dense %.3f GMACs",
                      self.prunable.num_units, len(self.prunable.depth_indices), latent_h, latent_w,
@@ -158,32 +161,13 @@ class APTP:
     # -- encode -----------------------------------------------------------------------------------
 
     def _encode(self) -> dict[str, Any]:
-        from safetensors.torch import save_file
+        from prunekit.data import encode_stage
 
-        from prunekit.data import encode_dataset_sharded
+        return encode_stage(self.run_, self.pipeline, self.config.encode, prompt_encoder=self.encoder)
 
-        run = self.run_
-        dataset = run.build("dataset")
-        with run.progress("encode dataset", len(dataset)) as advance:
-            encoded, z = encode_dataset_sharded(self.pipeline, dataset, batch_size=self.config.encode_batch,
-                                                progress=advance, prompt_encoder=self.encoder)
-
-        def write() -> None:
-            encoded.save(run.artifact("encoded.safetensors"))
-            save_file({"z": z.contiguous()}, str(run.artifact("prompt_embeddings.safetensors")))
-
-        run.on_main(write)
-        return {"samples": len(encoded.prompts), "latent_shape": list(encoded.latents.shape[1:]),
-                "prompt_dim": int(z.shape[1])}
-
-    def _load_encoded(self) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
-        from prunekit.data import EncodedDataset
-
-        encoded = EncodedDataset.load(self.run_.artifact("encoded.safetensors"))
-        z = load_file(str(self.run_.artifact("prompt_embeddings.safetensors")))["z"]
-        return {"latents": encoded.latents, "text": encoded.text_embeddings, "z": z, "prompts": encoded.prompts}
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encoded.shapes["z"][0]) if "z" in self.encoded.shapes else 1
 
     # -- pruning ----------------------------------------------------------------------------------
 
@@ -198,7 +182,7 @@ class APTP:
         return cfg
 
     def _new_router(self) -> Any:
-        return self.run_.build("router", embed_dim=int(self.data["z"].shape[1]), num_units=self.prunable.num_units)
+        return self.run_.build("router", embed_dim=self.embed_dim, num_units=self.prunable.num_units)
 
     def _load_router(self, stage: str, router: Any = None) -> None:
         from safetensors.torch import load_file
@@ -224,8 +208,8 @@ class APTP:
                 self._load_router("warmup", router)
             with torch.no_grad():
                 g = torch.Generator().manual_seed(self.seed)
-                sample = torch.randperm(len(self.data["z"]), generator=g)[:4096]
-                router.init_codes(router.embed(self.data["z"][sample]), generator=g)
+                sample = torch.randperm(len(self.encoded), generator=g)[:4096].tolist()
+                router.init_codes(router.embed(self.encoded.rows(sample, ["z"])["z"]), generator=g)
         router.codes.requires_grad_(phase == "joint")
         self.router = router
         if steps == 0:
@@ -236,16 +220,16 @@ class APTP:
         # The router is tiny: it trains in fp32 whatever the precision, so its gate logits, the MAC
         # model and the resource loss stay fp32; the frozen U-Net it gates runs in the engine's dtype.
         engine_cfg = replace(self._engine_config(cfg), precision="fp32")
-        latents, text, z = self.data["latents"], self.data["text"], self.data["z"]
+        encoded = self.encoded
         scheduler = self.pipeline.scheduler
-        n = len(z)
+        n = len(encoded)
         want_teacher = any(k in self.losses for k in ("distill_output", "distill_block"))
         want_blocks = "distill_block" in self.losses
         target = self.budget.target
 
         def batch_fn(index: int) -> dict[str, Any]:
-            idx = micro_batch_indices(n, engine_cfg.micro_batch, index, self.seed)
-            return {"z": z[idx], **diffusion_batch(latents[idx], text[idx], scheduler)}
+            rows = encoded.rows(micro_batch_indices(n, engine_cfg.micro_batch, index, self.seed))
+            return {"z": rows["z"], **diffusion_batch(rows["latents"], rows["text"], scheduler)}
 
         def loss_fn(router: Any, batch: dict[str, Any], step: int):
             x0, cond, noise, t = batch["latents"], batch["cond"], batch["noise"], batch["timesteps"]
@@ -327,10 +311,10 @@ class APTP:
         from prunekit.unet import count_macs
 
         self._load_router("joint")
-        experts = self.router.route(self.data["z"])
+        experts = torch.cat([self.router.route(chunk) for chunk in self.encoded.column_chunks("z")])
         counts = torch.bincount(experts, minlength=self.router.num_codes).tolist()
         masks = self.gate.hard(self.router.codes.detach())
-        h, w = self.data["latents"].shape[-2:]
+        h, w = self.latent_hw
         dense = count_macs(self.prunable, None, height=h, width=w, text_len=self.text_len)
         macs = [count_macs(self.prunable, m, height=h, width=w, text_len=self.text_len) for m in masks]
         ratios = [m / dense for m in macs]
@@ -372,14 +356,15 @@ class APTP:
                 parts_cfg["distill_block"] = {"weight": cfg.distill_weight}
             losses = {k: registry.build("loss", {"name": k, **v}) for k, v in parts_cfg.items()}
             engine_cfg = self._engine_config(cfg)
-            latents, text = self.data["latents"], self.data["text"]
+            encoded = self.encoded
             scheduler = self.pipeline.scheduler
             expert.requires_grad_(True)
             expert.train()
 
             def batch_fn(index: int) -> dict[str, Any]:
                 idx = [members[k] for k in micro_batch_indices(len(members), engine_cfg.micro_batch, index, self.seed + i)]
-                return diffusion_batch(latents[idx], text[idx], scheduler)
+                rows = encoded.rows(idx, ["latents", "text"])
+                return diffusion_batch(rows["latents"], rows["text"], scheduler)
 
             def loss_fn(model: Any, batch: dict[str, Any], step: int):
                 x0, cond, noise, t = batch["latents"], batch["cond"], batch["noise"], batch["timesteps"]
@@ -428,12 +413,12 @@ class APTP:
             folder,
             model=data["model"],
             **self._deployed_sections(),
-            router_dims={"embed_dim": int(self.data["z"].shape[1]), "num_units": self.prunable.num_units},
+            router_dims={"embed_dim": self.embed_dim, "num_units": self.prunable.num_units},
             experts=[{"id": e["expert"], "path": e["path"], "macs": routing["macs"][e["expert"]],
                       "macs_ratio": e["macs_ratio"], "share": routing["counts"][e["expert"]] / total}
                      for e in experts],
             extra={"dense_macs": routing["dense_macs"], "mean_macs_ratio": routing["mean_macs_ratio"],
                    "budget": routing["target"], "text_len": self.text_len,
-                   "latent_size": list(self.data["latents"].shape[-2:])},
+                   "latent_size": list(self.latent_hw)},
         )
         return {"path": str(folder), "mean_macs_ratio": routing["mean_macs_ratio"]}

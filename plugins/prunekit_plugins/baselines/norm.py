@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
+from prunekit.encode_config import EncodeConfig
 from prunekit.evaluation import EvalConfig
 from prunekit_plugins.aptp.method import FinetuneStageConfig
 from prunekit_plugins.baselines.single_expert import SingleArchitectureMethod
@@ -32,7 +33,7 @@ class NormConfig:
         "none", help="also score whole blocks as depth units (aptp: the paper's 14 on SD 2.1)")
     finetune: NormFinetuneConfig = field(default_factory=NormFinetuneConfig)
     round_to: int | None = option(None, ge=1, help="kept channels per layer a multiple of this (selection respects it)")
-    encode_batch: int = option(32, ge=1)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -63,7 +64,7 @@ class NormPruning(SingleArchitectureMethod):
         from prunekit_plugins.baselines.unit_norms import unit_l1_norms, unit_scores
 
         run, prunable = self.run_, self.prunable
-        h, w = self.data["latents"].shape[-2:]
+        h, w = self.latent_hw
         l1, params = unit_l1_norms(prunable)
         scores = unit_scores(l1, params, prunable.inventory, self.config.normalize)
         mac_model = prunable.mac_model(height=h, width=w, text_len=self.text_len)

@@ -27,7 +27,7 @@ class SingleArchitectureMethod(APTP):
 
     def _new_router(self) -> Any:
         return build_single_code_router(SingleCodeRouterConfig(init_logit=self.init_logit),
-                                        embed_dim=int(self.data["z"].shape[1]), num_units=self.prunable.num_units)
+                                        embed_dim=self.embed_dim, num_units=self.prunable.num_units)
 
     def _deployed_sections(self) -> dict[str, Any]:
         return {"prompt_encoder": {"name": "constant", "dim": self.encoder.dim},
@@ -40,8 +40,8 @@ class SingleArchitectureMethod(APTP):
 
         from prunekit.unet import count_macs
 
-        h, w = self.data["latents"].shape[-2:]
-        n = len(self.data["prompts"])
+        h, w = self.latent_hw
+        n = len(self.encoded)
         self.run_.on_main(lambda: self.run_.artifact("routing.json").write_text(
             json.dumps({"expert_of_sample": [0] * n, "masks": [mask.to(int).tolist()]})))
         dense = count_macs(self.prunable, None, height=h, width=w, text_len=self.text_len)

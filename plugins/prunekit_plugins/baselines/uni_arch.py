@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
+from prunekit.encode_config import EncodeConfig
 from prunekit.evaluation import EvalConfig
 from prunekit_plugins.aptp.method import APTPConfig, FinetuneStageConfig, PruneStageConfig
 from prunekit_plugins.baselines.single_expert import SingleArchitectureMethod
@@ -39,7 +40,7 @@ class UniArchConfig:
     finetune: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)
     depth: Literal["aptp", "all", "none"] = option("aptp", help="depth-gate layout")
     round_to: int | None = option(None, ge=1, help="round pruned channel counts up to a multiple")
-    encode_batch: int = option(32, ge=1)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
     init_logit: float = option(3.0, help="initial code logit: sigmoid(3/0.4) ~ 1, i.e. start dense")
     eval: EvalConfig = field(default_factory=EvalConfig)
     finalize: Literal["threshold", "budget"] = option(
@@ -56,7 +57,7 @@ class UniArch(SingleArchitectureMethod):
             prune=PruneStageConfig(warmup_iters=0, iters=p.iters, lr=p.lr, lr_warmup=p.lr_warmup,
                                    lr_cooldown=p.lr_cooldown, budget_on=p.budget_on, micro_batch=p.micro_batch, grad_accum=p.grad_accum),
             finetune=config.finetune, depth=config.depth, round_to=config.round_to,
-            encode_batch=config.encode_batch, eval=config.eval,
+            encode=config.encode, eval=config.eval,
         ))
         self.init_logit = config.init_logit
         self.finalize = config.finalize
@@ -67,7 +68,7 @@ class UniArch(SingleArchitectureMethod):
         from prunekit_plugins.baselines.budget_selection import select_under_budget
 
         self._load_router("joint")
-        h, w = self.data["latents"].shape[-2:]
+        h, w = self.latent_hw
         mac_model = self.prunable.mac_model(height=h, width=w, text_len=self.text_len)
         logits = self.router.codes.detach()[0].double().cpu()
         selection = select_under_budget(mac_model, self.prunable.inventory, logits, float(self.budget.target),

@@ -50,7 +50,7 @@ def domain_fid(classifier: DomainClassifier, real: torch.Tensor, fake: torch.Ten
     """Fréchet distance between classifier features of two uint8 image sets (torchmetrics' FID)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), normalize=False)
+    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), normalize=False, sync_on_compute=False)
     with torch.no_grad():
         for start in range(0, len(real), batch_size):
             metric.update(real[start : start + batch_size], real=True)

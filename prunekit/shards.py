@@ -1,0 +1,247 @@
+"""The encoded dataset on disk: safetensors shards written as encoding goes, read lazily.
+
+Layout of an encoded folder (``artifacts/encoded/`` of a run)::
+
+    index.json                 samples, shard size, shapes, dtypes, skipped samples; one entry per shard
+    shard_00000.safetensors    rows of dataset indices [0, S): latents, text, z, source_index
+    shard_00001.safetensors    ...
+
+Writing (:func:`encode_to_shards`): shard ``k`` holds the samples of dataset rows ``[k*S, (k+1)*S)``
+that could be read; ranks take shards ``k ≡ rank (mod world)``. A shard file appears only complete
+(written to a temporary name, then renamed), so a killed encode resumes at the first shard that is
+not on disk. Unreadable samples are skipped and counted by reason in the shard's metadata.
+
+Reading (:class:`EncodedShards`): the index and the prompts are read at open; tensor rows are read
+from memory-mapped shard files on demand, so the memory a training process needs does not grow with
+the number of samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+INDEX_FILE = "index.json"
+SHARD_PATTERN = "shard_{:05d}.safetensors"
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class SkippedSample(Exception):
+    """A dataset row that cannot be used (unreadable or missing image, empty caption)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def load_sample(dataset: Any, index: int) -> dict[str, Any]:
+    """``dataset[index]`` or :class:`SkippedSample` naming why it cannot be used."""
+    from prunekit.errors import MissingPathError
+
+    try:
+        item = dataset[index]
+    except SkippedSample:
+        raise
+    except (FileNotFoundError, MissingPathError) as exc:
+        raise SkippedSample("missing_file", str(exc)) from None
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated files
+        raise SkippedSample("unreadable_image", f"{type(exc).__name__}: {exc}") from None
+    prompt = item.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise SkippedSample("empty_caption", f"row {index}: empty caption")
+    return item
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def encode_to_shards(
+    folder: str | Path,
+    dataset: Any,
+    encode_batch: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    *,
+    shard_size: int = 1024,
+    batch_size: int = 32,
+    dtype: str = "float16",
+    keep_float32: Sequence[str] = ("z",),
+    progress: Callable[[int], None] | None = None,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Encode ``dataset`` into shards under ``folder`` (collective under a launcher); returns the index.
+
+    ``encode_batch(items)`` maps a list of dataset items to tensors with one row per item (e.g.
+    ``latents``, ``text``, ``z``). Floating tensors are stored in ``dtype`` except ``keep_float32``.
+    Shards already on disk are kept (resume).
+    """
+    from prunekit import distributed
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    total = len(dataset)
+    n_shards = max(1, -(-total // shard_size))
+    rank, world = distributed.rank(), distributed.world_size()
+    store = STORAGE_DTYPES[dtype]
+    for k in range(rank, n_shards, world):
+        path = folder / SHARD_PATTERN.format(k)
+        start, stop = k * shard_size, min((k + 1) * shard_size, total)
+        if path.is_file():
+            if progress is not None:
+                progress((stop - start) * world)
+            continue
+        columns: dict[str, list[torch.Tensor]] = {}
+        prompts: list[str] = []
+        sources: list[int] = []
+        skipped: list[dict[str, Any]] = []
+        pending: list[tuple[int, dict[str, Any]]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            out = encode_batch([item for _, item in pending])
+            for name, value in out.items():
+                keep = name in keep_float32 or not value.is_floating_point()
+                columns.setdefault(name, []).append(value.detach().cpu().to(value.dtype if keep else store))
+            prompts.extend(str(item["prompt"]) for _, item in pending)
+            sources.extend(i for i, _ in pending)
+            pending.clear()
+
+        for index in range(start, stop):
+            try:
+                pending.append((index, load_sample(dataset, index)))
+            except SkippedSample as exc:
+                skipped.append({"index": index, "reason": exc.reason, "detail": exc.detail[:300]})
+                if log is not None and len(skipped) <= 3:
+                    log.warning("skipped sample %d (%s): %s", index, exc.reason, exc.detail)
+            if len(pending) >= batch_size:
+                flush()
+            if progress is not None and (index - start + 1) % batch_size == 0:
+                progress(batch_size * world)
+        flush()
+        if progress is not None and (stop - start) % batch_size:
+            progress(((stop - start) % batch_size) * world)
+        tensors = {name: torch.cat(parts) for name, parts in columns.items()}
+        tensors["source_index"] = torch.tensor(sources, dtype=torch.int64)
+        _atomic_save(tensors, path, {"prompts": json.dumps(prompts), "skipped": json.dumps(skipped),
+                                     "rows": json.dumps([start, stop])})
+    distributed.barrier()
+    return distributed.run_on_main(lambda: write_index(folder, n_shards, shard_size, total, dtype))
+
+
+def write_index(folder: Path, n_shards: int, shard_size: int, total: int, dtype: str) -> dict[str, Any]:
+    """Read every shard's header (not its tensors) and write ``index.json``."""
+    from safetensors import safe_open
+
+    shards, shapes, dtypes = [], {}, {}
+    skipped: Counter[str] = Counter()
+    first_skipped: list[dict[str, Any]] = []
+    for k in range(n_shards):
+        path = folder / SHARD_PATTERN.format(k)
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            rows = f.get_slice("source_index").get_shape()[0]
+            for name in f.keys():
+                piece = f.get_slice(name)
+                shapes.setdefault(name, list(piece.get_shape()[1:]))
+                dtypes.setdefault(name, str(piece.get_dtype()))
+        lost = json.loads(meta.get("skipped", "[]"))
+        skipped.update(s["reason"] for s in lost)
+        first_skipped.extend(lost[: max(0, 5 - len(first_skipped))])
+        shards.append({"file": path.name, "rows": rows, "source_rows": json.loads(meta["rows"])})
+    index = {"version": 1, "samples": sum(s["rows"] for s in shards), "dataset_rows": total,
+             "shard_size": shard_size, "storage_dtype": dtype, "shapes": shapes, "dtypes": dtypes,
+             "skipped": dict(skipped), "skipped_examples": first_skipped, "shards": shards}
+    tmp = folder / f".{INDEX_FILE}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, folder / INDEX_FILE)
+    return index
+
+
+class EncodedShards:
+    """Random access to the rows of an encoded folder; tensors stay on disk until asked for.
+
+    ``rows(indices)`` returns ``{column: tensor}`` for those rows (in that order), floating columns in
+    ``float32``; ``prompts`` holds every row's caption; ``column_chunks(name)`` streams one column.
+    """
+
+    def __init__(self, folder: str | Path, *, max_open: int = 64) -> None:
+        folder = Path(folder)
+        index_path = folder / INDEX_FILE
+        if not index_path.is_file():
+            from prunekit.errors import MissingPathError
+
+            raise MissingPathError(f"{folder} holds no {INDEX_FILE}: the encode stage did not complete")
+        self.folder = folder
+        self.index = json.loads(index_path.read_text())
+        self.shapes: dict[str, list[int]] = self.index["shapes"]
+        counts = [s["rows"] for s in self.index["shards"]]
+        self._starts = torch.tensor([0, *counts]).cumsum(0)
+        self._files = [folder / s["file"] for s in self.index["shards"]]
+        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._max_open = max_open
+        self.prompts: list[str] = []
+        for k in range(len(self._files)):
+            self.prompts.extend(json.loads(self._handle(k).metadata()["prompts"]))
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.shapes)
+
+    def _handle(self, shard: int) -> Any:
+        from safetensors import safe_open
+
+        handle = self._open.get(shard)
+        if handle is None:
+            handle = safe_open(str(self._files[shard]), framework="pt")
+            self._open[shard] = handle
+            while len(self._open) > self._max_open:  # bounded open files for CC3M-size folders
+                self._open.popitem(last=False)
+        else:
+            self._open.move_to_end(shard)
+        return handle
+
+    def locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} out of range for {len(self)} encoded samples")
+        shard = int(torch.searchsorted(self._starts, torch.tensor(index), right=True)) - 1
+        return shard, index - int(self._starts[shard])
+
+    def rows(self, indices: Sequence[int], columns: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        names = list(columns or [c for c in self.columns if c != "source_index"])
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        for index in indices:
+            shard, row = self.locate(int(index))
+            handle = self._handle(shard)
+            for name in names:
+                out[name].append(handle.get_slice(name)[row : row + 1])
+        return {name: _as_compute(torch.cat(parts)) for name, parts in out.items()}
+
+    def column_chunks(self, name: str) -> Iterator[torch.Tensor]:
+        """One column, shard by shard (float columns as float32)."""
+        for k in range(len(self._files)):
+            yield _as_compute(self._handle(k).get_tensor(name))
+
+    def column(self, name: str) -> torch.Tensor:
+        """A whole (small) column, e.g. the prompt embeddings ``z`` or ``source_index``."""
+        return torch.cat(list(self.column_chunks(name)))
+
+    def close(self) -> None:
+        self._open.clear()
+
+
+def _as_compute(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t

@@ -76,19 +76,24 @@ def encode_stage(run: Any, pipeline: Any, config: EncodeConfig, *, prompt_encode
         index = encode_to_shards(run.artifact(folder), dataset, sd_batch_encoder(pipeline, prompt_encoder),
                                  shard_size=config.shard_size, batch_size=config.batch_size, dtype=config.dtype,
                                  progress=advance, log=run.log)
-    rows, skipped = index["dataset_rows"], sum(index["skipped"].values())
-    summary = {"samples": index["samples"], "dataset_rows": rows, "skipped": index["skipped"],
-               "skipped_examples": index["skipped_examples"]}
+    # What the dataset rejected while indexing (bad metadata lines, files missing at listing time)
+    # counts with what could not be loaded.
+    counts = dict(index["skipped"])
+    for reason, n in (getattr(dataset, "rejected", None) or {}).items():
+        counts[reason] = counts.get(reason, 0) + int(n)
+    examples = [*getattr(dataset, "rejected_examples", [])[:5], *(e["detail"] for e in index["skipped_examples"])]
+    skipped = sum(counts.values())
+    rows = index["dataset_rows"] + skipped - sum(index["skipped"].values())
+    summary = {"samples": index["samples"], "dataset_rows": rows, "skipped": counts, "skipped_examples": examples[:5]}
     run.save_metrics(data=summary)
     if skipped:
         run.log.warning("encode: skipped %d of %d samples (%s); first: %s", skipped, rows,
-                        ", ".join(f"{k} {v}" for k, v in sorted(index["skipped"].items())),
-                        "; ".join(e["detail"] for e in index["skipped_examples"][:3]))
+                        ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), "; ".join(examples[:3]))
     if index["samples"] == 0 or (rows and skipped / rows > config.max_skipped_fraction):
         raise PrunekitError(
-            f"encode: {skipped} of {rows} samples could not be read ({index['skipped']}), more than "
-            f"method.encode.max_skipped_fraction={config.max_skipped_fraction}; first: "
-            f"{index['skipped_examples'][0]['detail'] if index['skipped_examples'] else 'none'}")
+            f"encode: {skipped} of {rows} samples could not be used ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+            f"more than method.encode.max_skipped_fraction={config.max_skipped_fraction}; first: "
+            f"{examples[0] if examples else 'none'}")
     return {**summary, "latent_shape": index["shapes"]["latents"], "text_shape": index["shapes"]["text"],
             "shards": len(index["shards"]), "storage_dtype": index["storage_dtype"]}
 

@@ -141,7 +141,8 @@ def _apply_overrides(node: Any, overrides: Sequence[str], problems: list[str]) -
         good.append(item)
     if not good:
         return node
-    return OmegaConf.merge(node, OmegaConf.from_dotlist(good))
+    # Same rule as a child recipe: dataset.name=coco on the command line drops the old dataset's options.
+    return _merge(node, OmegaConf.from_dotlist(good))
 
 
 def _resolve(node: Any, origin: str, problems: list[str]) -> dict[str, Any] | None:

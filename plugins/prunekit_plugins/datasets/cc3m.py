@@ -140,6 +140,8 @@ class Cc3mTsv:
             if config.limit and len(self.rows) >= config.limit:
                 break
         self.skipped = seen - len(self.rows)
+        self.rejected = {"missing_file": self.skipped} if self.skipped else {}
+        self.rejected_examples: list[str] = []
         if not self.rows:
             raise DatasetError(f"CC3M: none of the {seen} rows of {config.root} has an image under "
                                f"{self.image_dir} (first expected {self.file(0)}); check dataset.image_dir and dataset.image_pattern")
@@ -242,6 +244,8 @@ class Cc3mWebDataset:
                 del self.shard_of[n:], self.names[n:], self.offsets[n:], self.sizes[n:], self.prompts[n:]
                 break
         self.skipped = incomplete
+        self.rejected = {"incomplete_sample": incomplete} if incomplete else {}
+        self.rejected_examples = []
         if incomplete:
             log.warning("CC3M: skipped %d incomplete samples (no image or no caption) in %s", incomplete, config.root)
         log.info("CC3M: %d samples from %d shard(s) in %s", len(self.prompts), len(self.shards), config.root)

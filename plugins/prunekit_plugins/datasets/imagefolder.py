@@ -44,19 +44,33 @@ def load_image(path: Path, resolution: int) -> Any:
 
 
 class ImageFolder:
+    """Rows of ``metadata.jsonl``. A line that is not UTF-8, not JSON or lacks the image or caption key
+    is rejected (counted by reason in ``rejected``, the first lines named in ``rejected_examples``),
+    not fatal; unreadable images are skipped when the encode stage loads them."""
+
     def __init__(self, config: ImageFolderConfig) -> None:
         self.root = Path(config.root)
         self.resolution = config.resolution
+        meta = self.root / "metadata.jsonl"
+        problems: list[str] = []
         rows = []
-        for n, line in enumerate((self.root / "metadata.jsonl").read_text().splitlines(), 1):
-            if not line.strip():
+        for n, raw in enumerate(meta.read_bytes().splitlines(), 1):
+            if not raw.strip():
                 continue
-            row = json.loads(line)
-            if config.image_column not in row or config.caption_column not in row:
-                raise ValueError(
-                    f"{self.root / 'metadata.jsonl'}:{n}: needs keys {config.image_column!r} and {config.caption_column!r}"
-                )
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                problems.append(f"{meta}:{n}: not UTF-8")
+                continue
+            except json.JSONDecodeError as exc:
+                problems.append(f"{meta}:{n}: not JSON ({exc.msg})")
+                continue
+            if not isinstance(row, dict) or config.image_column not in row or config.caption_column not in row:
+                problems.append(f"{meta}:{n}: needs keys {config.image_column!r} and {config.caption_column!r}")
+                continue
             rows.append((row[config.image_column], str(row[config.caption_column])))
+        self.rejected = {"bad_metadata": len(problems)} if problems else {}
+        self.rejected_examples = problems[:5]
         if config.limit:
             rows = rows[: config.limit]
         self.files = [self.root / f for f, _ in rows]
@@ -66,7 +80,14 @@ class ImageFolder:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"prompt": self.prompts[index], "image": load_image(self.files[index], self.resolution)}
+        from prunekit_plugins.datasets._images import MissingImageError, decode_image
+
+        path = self.files[index]
+        try:
+            image = decode_image(path, self.resolution, str(path))
+        except FileNotFoundError:
+            raise MissingImageError(f"image {path} listed in {self.root / 'metadata.jsonl'} not found") from None
+        return {"prompt": self.prompts[index], "image": image}
 
 
 def build_imagefolder(config: ImageFolderConfig) -> ImageFolder:

@@ -394,7 +394,9 @@ def preflight_metrics(recipe_data: Mapping[str, Any], registry: Any) -> list[str
             if invalid:
                 return [*problems, *invalid]
             if hasattr(component.schema, "preflight"):
-                problems.extend(instantiate_schema(component.schema, options).preflight() or [])
+                # A dataset's preflight names its keys as in a `dataset:` section; here they live under `where`.
+                problems.extend(p.replace("set dataset.", f"set {where}.")
+                                for p in instantiate_schema(component.schema, options).preflight() or [])
     return problems
 
 

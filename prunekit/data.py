@@ -71,7 +71,10 @@ def encode_stage(run: Any, pipeline: Any, config: EncodeConfig, *, prompt_encode
     from prunekit.errors import PrunekitError
     from prunekit.shards import encode_to_shards
 
+    import time
+
     dataset = run.build("dataset")
+    start = time.perf_counter()
     with run.progress("encode dataset", len(dataset)) as advance:
         index = encode_to_shards(run.artifact(folder), dataset, sd_batch_encoder(pipeline, prompt_encoder),
                                  shard_size=config.shard_size, batch_size=config.batch_size, dtype=config.dtype,
@@ -94,8 +97,11 @@ def encode_stage(run: Any, pipeline: Any, config: EncodeConfig, *, prompt_encode
             f"encode: {skipped} of {rows} samples could not be used ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
             f"more than method.encode.max_skipped_fraction={config.max_skipped_fraction}; first: "
             f"{examples[0] if examples else 'none'}")
+    seconds = time.perf_counter() - start
+    disk = sum((run.artifact(folder) / s["file"]).stat().st_size for s in index["shards"])
     return {**summary, "latent_shape": index["shapes"]["latents"], "text_shape": index["shapes"]["text"],
-            "shards": len(index["shards"]), "storage_dtype": index["storage_dtype"]}
+            "shards": len(index["shards"]), "storage_dtype": index["storage_dtype"],
+            "seconds": round(seconds, 3), "bytes_per_sample": round(disk / max(1, index["samples"]), 1)}
 
 
 def open_encoded(run: Any, folder: str = "encoded") -> Any:

@@ -27,6 +27,7 @@ from prunekit.config import option
 LOG = logging.getLogger("prunekit")
 SAMPLES_DIR = "samples"
 EVALUATION_FILE = "evaluation.json"
+EVAL_IMAGES_DIR = "eval_images"  # artifacts/eval_images/<role>/000000.png ...: what was scored, and the resume point
 
 
 @dataclass
@@ -60,6 +61,7 @@ class EvalConfig:
     resize: int | None = option(None, ge=8, help="size metrics see (default: the eval dataset's images)")
     seed: int = option(0, ge=0, help="image i is generated from seed + i")
     batch_size: int = option(8, ge=1, help="prompts per generation call")
+    metric_batch: int = option(64, ge=1, help="images per metric update (metrics stream; no image set is held whole)")
     teacher: bool = option(True, help="also evaluate the unpruned model, for the teacher-vs-pruned table")
     dataset: dict[str, Any] | None = option(None, help="eval split: a dataset section (default: the recipe's dataset)")
     samples_per_expert: int = option(4, ge=0, help="images per expert in the report's sample grid")
@@ -188,6 +190,33 @@ def generate(pipeline: Any, prompts: Sequence[str], config: EvalConfig | None = 
     return _generate(pipeline, prompts, config, log=log)
 
 
+def _batch_caller(pipeline: Any, config: EvalConfig) -> tuple[Callable[[list[str], list[int]], tuple[list[Any], list[int] | None]], int]:
+    """``(call, size)``: ``call(prompts, seeds)`` generates one batch (uint8 HxWx3 arrays, experts or
+    None) with ``config``'s sampler at ``size`` pixels."""
+    import numpy as np
+    import torch
+
+    pipe = with_scheduler(pipeline, config.scheduler)
+    routed = is_routed(pipe)
+    size = config.resolution or native_resolution(pipe)
+    kwargs = dict(num_inference_steps=config.steps, guidance_scale=config.guidance_scale, height=size, width=size,
+                  output_type="np")
+
+    def call(chunk: list[str], seeds: list[int]) -> tuple[list[Any], list[int] | None]:
+        if routed:
+            out = pipe(chunk, seed=seeds, **kwargs)
+            experts: list[int] | None = [int(e) for e in out.experts]
+        else:
+            generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+            out = pipe(chunk, generator=generators, **kwargs)
+            experts = None
+        arrays = [np.clip(np.round(np.asarray(img, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+                  for img in out.images]
+        return arrays, experts
+
+    return call, size
+
+
 def _generate(pipeline: Any, prompts: Sequence[str], config: EvalConfig | None = None, *,
               log: logging.Logger | None = None, first_index: int = 0) -> Generation:
     import numpy as np
@@ -195,28 +224,21 @@ def _generate(pipeline: Any, prompts: Sequence[str], config: EvalConfig | None =
 
     config = config or EvalConfig()
     log = log or LOG
-    pipe = with_scheduler(pipeline, config.scheduler)
-    routed = is_routed(pipe)
-    size = config.resolution or native_resolution(pipe)
-    kwargs = dict(num_inference_steps=config.steps, guidance_scale=config.guidance_scale, height=size, width=size,
-                  output_type="np")
+    call, size = _batch_caller(pipeline, config)
+    routed = is_routed(pipeline)
     images: list[Any] = []
     experts: list[int] = []
     prompts = list(prompts)
     start = time.perf_counter()
     for first in range(0, len(prompts), config.batch_size):
         chunk = prompts[first:first + config.batch_size]
-        seeds = [config.seed + first_index + first + k for k in range(len(chunk))]
-        if routed:
-            out = pipe(chunk, seed=seeds, **kwargs)
-            experts.extend(int(e) for e in out.experts)
-        else:
-            generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-            out = pipe(chunk, generator=generators, **kwargs)
-        images.extend(np.asarray(img) for img in out.images)
+        arrays, chunk_experts = call(chunk, [config.seed + first_index + first + k for k in range(len(chunk))])
+        images.extend(arrays)
+        experts.extend(chunk_experts or [])
         log.debug("generated %d/%d images", min(first + len(chunk), len(prompts)), len(prompts))
     seconds = time.perf_counter() - start
-    tensor = to_uint8(np.stack(images)) if images else torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    tensor = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous() if images
+              else torch.zeros((0, 3, size, size), dtype=torch.uint8))
     if config.resize:
         tensor = resize_uint8(tensor, config.resize)
     return Generation(tensor, experts if routed else None, seconds, size, size)
@@ -232,6 +254,26 @@ def select_indices(total: int, count: int, seed: int) -> list[int]:
     if count == 0 or count >= total:
         return list(range(total))
     return sorted(random.Random(seed).sample(range(total), count))
+
+
+def eval_data_source(dataset: Any, indices: Sequence[int]) -> tuple[list[str], Any, list[dict[str, Any]] | None]:
+    """Prompts, real images (an image source that decodes them chunk by chunk, or None for a
+    prompt-only dataset) and attributes of ``indices``: what :func:`load_eval_data` returns, without
+    holding the images."""
+    from prunekit.eval_images import DatasetImages
+
+    indices = list(indices)
+    if not indices:
+        return [], None, None
+    first = dataset[indices[0]]
+    if "image" not in first or not hasattr(dataset, "prompts"):
+        return load_eval_data(dataset, indices)
+    prompts = [str(dataset.prompts[i]) for i in indices]
+    known = getattr(dataset, "attributes", None)
+    attributes = [dict(known[i]) if known is not None and isinstance(known[i], Mapping) else None for i in indices]
+    if known is None and isinstance(first.get("attributes"), Mapping):
+        attributes = [dict(dataset[i]["attributes"]) for i in indices]
+    return prompts, DatasetImages(dataset, indices), attributes if all(a is not None for a in attributes) else None
 
 
 def load_eval_data(dataset: Any, indices: Sequence[int]) -> tuple[list[str], Any, list[dict[str, Any]] | None]:
@@ -295,61 +337,149 @@ def _subset(batch: EvalBatch, idx: list[int], extra: dict[str, Any]) -> EvalBatc
     )
 
 
+class _Collector:
+    """One flat dict of metric values; a key reported by two metrics is an error."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self._owner: dict[str, str] = {}
+
+    def add(self, name: str, result: Any) -> None:
+        from prunekit.errors import PluginError
+
+        if not isinstance(result, Mapping):
+            raise PluginError(f"metric {name!r} returned {type(result).__name__}; expected a dict of values")
+        for key, value in result.items():
+            if key in self.values:
+                raise PluginError(f"metrics {self._owner[key]!r} and {name!r} both report {key!r}")
+            self.values[key], self._owner[key] = _plain(value), name
+
+
+def _score(metrics: Mapping[str, Any], prompts: list[str], images: Any, real: Any, attributes: Any,
+           extra: dict[str, Any], experts: list[int] | None, n_experts: int, config: EvalConfig,
+           expert_extra: Callable[[int], dict[str, Any]]) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """Values of ``metrics`` over all images, and per expert (experts with two images or more).
+
+    A metric with ``accumulator()`` is fed ``config.metric_batch`` images at a time (generated ones
+    read from ``images``, real ones from ``real``), so no image set is ever held whole; any other
+    metric is called once on the whole batch (``needs_images = False`` spares it the images).
+    """
+    n = len(prompts)
+    streaming = {k: m for k, m in metrics.items() if hasattr(m, "accumulator")}
+    whole = {k: m for k, m in metrics.items() if k not in streaming}
+    members = {e: [i for i, x in enumerate(experts) if x == e] for e in range(n_experts)} if experts is not None else {}
+    scored = [e for e, idx in members.items() if len(idx) >= 2]
+
+    def batch_of(idx: Sequence[int], extra_: dict[str, Any]) -> EvalBatch:
+        gen = images.take(idx)
+        ref = None if real is None else real.take(idx)
+        if config.resize:
+            gen = resize_uint8(gen, config.resize)
+            ref = None if ref is None else resize_uint8(ref, config.resize)
+        return EvalBatch([prompts[i] for i in idx], gen, ref,
+                         None if attributes is None else [attributes[i] for i in idx], extra_)
+
+    total, per_expert = _Collector(), {e: _Collector() for e in scored}
+    if streaming:
+        accs = {k: m.accumulator() for k, m in streaming.items()}
+        expert_accs = {e: {k: m.accumulator() for k, m in streaming.items() if getattr(m, "per_expert", True)}
+                       for e in scored}
+        expert_extras = {e: {**extra, **expert_extra(e)} for e in scored}
+        for start in range(0, n, config.metric_batch):
+            idx = list(range(start, min(n, start + config.metric_batch)))
+            batch = batch_of(idx, extra)
+            for acc in accs.values():
+                acc.update(batch)
+            for e, group in expert_accs.items():
+                rows = [k for k, i in enumerate(idx) if experts[i] == e]
+                if rows and group:
+                    sub = _subset(batch, rows, expert_extras[e])
+                    for acc in group.values():
+                        acc.update(sub)
+        for k, acc in accs.items():
+            total.add(k, acc.compute())
+        for e, group in expert_accs.items():
+            for k, acc in group.items():
+                per_expert[e].add(k, acc.compute())
+    if whole:
+        needs = any(getattr(m, "needs_images", True) for m in whole.values())
+        full = batch_of(range(n), extra) if needs else EvalBatch(list(prompts), None, None, attributes, extra)
+        for k, m in whole.items():
+            start = time.perf_counter()
+            total.add(k, m(full))
+            LOG.debug("metric %s: %.2f s", k, time.perf_counter() - start)
+        per_image = {k: m for k, m in whole.items() if getattr(m, "per_expert", True)}
+        for e in scored if per_image else []:
+            sub = _subset(full, members[e], expert_extra(e))
+            for k, m in per_image.items():
+                per_expert[e].add(k, m(sub))
+    return total.values, {e: c.values for e, c in per_expert.items()}
+
+
 def evaluate(pipeline: Any, prompts: Sequence[str], metrics: Mapping[str, Callable[[EvalBatch], Mapping[str, Any]]],
              config: EvalConfig | None = None, *, real_images: Any = None,
              attributes: list[dict[str, Any]] | None = None, extra: Mapping[str, Any] | None = None,
-             role: str | None = None, log: logging.Logger | None = None, collective: bool = False) -> dict[str, Any]:
+             role: str | None = None, log: logging.Logger | None = None, collective: bool = False,
+             folder: str | Path | None = None) -> dict[str, Any]:
     """Generate for ``prompts`` with ``pipeline`` and run ``metrics``.
 
     Returns ``{"metrics": {...}, "generation": {...}}`` plus, for a routed pipeline, ``"experts"``: per
     expert the number and share of images routed to it and the per-expert metrics computed on them
-    (experts with fewer than two images get none). Generated images are resized to the real images'
-    size when ``config.resize`` is unset. ``collective``: every rank calls this; generation is split
-    over the ranks, the metrics run on rank 0 (the other ranks return empty metrics).
+    (experts with fewer than two images get none). ``real_images``: a uint8 tensor or an image source
+    (:mod:`prunekit.eval_images`); generated and real images are resized to ``config.resize``
+    (default: the real images' size) before any metric.
+
+    ``folder``: images are written to ``folder/<role>/`` as they are generated and a killed evaluation
+    resumes without regenerating them; metrics then read them back in chunks. ``collective``: every
+    rank calls this; generation is split over the ranks, the metrics run on rank 0 (the other ranks
+    return empty metrics).
     """
+    from dataclasses import replace
+
+    from prunekit import distributed
+    from prunekit.eval_images import TensorImages, generate_to_folder
+
     config = config or EvalConfig()
     log = log or LOG
-    if config.resize is None and real_images is not None:
-        from dataclasses import replace
+    import torch
 
-        config = replace(config, resize=int(real_images.shape[-1]))
-    if real_images is not None and config.resize:
-        real_images = resize_uint8(real_images, config.resize)
+    real = TensorImages(real_images) if isinstance(real_images, torch.Tensor) else real_images
+    if config.resize is None and real is not None and real.size:
+        config = replace(config, resize=int(real.size))
     routed = is_routed(pipeline)
     role = role or ("mixture" if routed else "model")
     log.info("evaluate %s: generating %d images (%s, %d steps, guidance %g)", role, len(prompts), config.scheduler,
              config.steps, config.guidance_scale)
-    generation = generate(pipeline, prompts, config, log=log, collective=collective)
-    from prunekit import distributed
-
+    prompts = list(prompts)
+    if folder is not None:
+        call, size = _batch_caller(pipeline, config)
+        images, experts, seconds = generate_to_folder(call, prompts, Path(folder) / role, batch_size=config.batch_size,
+                                                      seed=config.seed, collective=collective, log=log)
+    else:
+        generation = generate(pipeline, prompts, replace(config, resize=None), log=log, collective=collective)
+        images, experts, seconds, size = TensorImages(generation.images), generation.experts, generation.seconds, generation.height
     if collective and not distributed.is_main():
         return {"metrics": {}, "generation": {}, "experts": []}
     pipe = with_scheduler(pipeline, config.scheduler)
-    batch = EvalBatch(list(prompts), generation.images, real_images, attributes, {
-        **(extra or {}), "role": role, "pipeline": pipe, "config": config, "experts": generation.experts,
-        "height": generation.height, "width": generation.width,
-        "generation_seconds_per_image": generation.seconds_per_image,
-        "manifest": pipeline.manifest if routed else None,
-    })
+    per_image_seconds = seconds / len(prompts) if prompts else 0.0
+    extra_all = {**(extra or {}), "role": role, "pipeline": pipe, "config": config, "experts": experts,
+                 "height": size, "width": size, "generation_seconds_per_image": per_image_seconds,
+                 "manifest": pipeline.manifest if routed else None}
+    n_experts = len(pipeline.experts) if routed else 0
+    values, per_expert = _score(metrics, prompts, images, real, attributes, extra_all, experts, n_experts, config,
+                                lambda e: {"role": "expert", "expert": e, "pipeline": expert_pipeline(pipe, e)})
     result: dict[str, Any] = {
-        "metrics": run_metrics(metrics, batch),
-        "generation": {"images": len(prompts), "height": generation.height, "width": generation.width,
-                       "metric_size": int(generation.images.shape[-1]) if len(prompts) else None,
-                       "seconds": round(generation.seconds, 3),
-                       "seconds_per_image": round(generation.seconds_per_image, 4)},
+        "metrics": values,
+        "generation": {"images": len(prompts), "height": size, "width": size,
+                       "metric_size": (config.resize or size) if prompts else None,
+                       "seconds": round(seconds, 3), "seconds_per_image": round(per_image_seconds, 4)},
     }
     if routed:
-        per_image = {name: m for name, m in metrics.items() if getattr(m, "per_expert", True)}
         result["experts"] = []
-        for expert in range(len(pipeline.experts)):
-            idx = [i for i, e in enumerate(generation.experts or []) if e == expert]
-            entry: dict[str, Any] = {"expert": expert, "images": len(idx), "share": len(idx) / max(1, len(prompts))}
-            if len(idx) >= 2 and per_image:
-                sub = _subset(batch, idx, {"role": "expert", "expert": expert, "pipeline": expert_pipeline(pipe, expert)})
-                entry["metrics"] = run_metrics(per_image, sub)
-            else:
-                entry["metrics"] = {}
-            result["experts"].append(entry)
+        for expert in range(n_experts):
+            count = sum(1 for e in experts or [] if e == expert)
+            result["experts"].append({"expert": expert, "images": count, "share": count / max(1, len(prompts)),
+                                      "metrics": per_expert.get(expert, {})})
     return result
 
 
@@ -427,14 +557,14 @@ def _eval_setup(recipe_data: Mapping[str, Any], registry: Any, log: logging.Logg
         raise RecipeError(["method.eval.dataset: no eval dataset (and the recipe has no dataset section)"])
     dataset = registry.build("dataset", section)
     indices = select_indices(len(dataset), config.prompts, config.seed)
-    prompts, real, attributes = load_eval_data(dataset, indices)
+    prompts, real, attributes = eval_data_source(dataset, indices)
     log.info("evaluate: %d prompts from dataset %r; metrics %s", len(prompts), section["name"], ", ".join(metrics))
     return config, metrics, section, prompts, real, attributes
 
 
 def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], registry: Any, *, base: Any = None,
                      device: str | None = None, log: logging.Logger | None = None,
-                     collective: bool = False) -> dict[str, Any]:
+                     collective: bool = False, folder: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a mixture (and, by default, its teacher) with the recipe's metrics and ``method.eval``.
 
     Returns a JSON-able dict: ``settings``, ``prompts``, ``teacher`` and ``mixture`` (each
@@ -446,9 +576,9 @@ def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], re
     out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts)}
     if config.teacher:
         out["teacher"] = evaluate(mixture.base, prompts, metrics, config, real_images=real, attributes=attributes,
-                                  role="teacher", log=log, collective=collective)
+                                  role="teacher", log=log, collective=collective, folder=folder)
     evaluated = evaluate(mixture, prompts, metrics, config, real_images=real, attributes=attributes, role="mixture",
-                         log=log, collective=collective)
+                         log=log, collective=collective, folder=folder)
     out["experts"] = evaluated.pop("experts")
     out["mixture"] = evaluated
     return out
@@ -456,7 +586,8 @@ def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], re
 
 def evaluate_pipeline(pipeline: Any, recipe_data: Mapping[str, Any], registry: Any, *,
                       teacher: Callable[[], Any] | None = None,
-                      log: logging.Logger | None = None, collective: bool = False) -> dict[str, Any]:
+                      log: logging.Logger | None = None, collective: bool = False,
+                      folder: str | Path | None = None) -> dict[str, Any]:
     """Evaluate one diffusers pipeline (a fine-tuned or sparsified model) as ``model``, and, when
     ``method.eval.teacher`` is on, ``teacher()`` (the unmodified model) on the same prompts and noise.
 
@@ -467,9 +598,9 @@ def evaluate_pipeline(pipeline: Any, recipe_data: Mapping[str, Any], registry: A
     out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts)}
     if config.teacher and teacher is not None:
         out["teacher"] = evaluate(teacher(), prompts, metrics, config, real_images=real, attributes=attributes,
-                                  role="teacher", log=log, collective=collective)
+                                  role="teacher", log=log, collective=collective, folder=folder)
     out["model"] = evaluate(pipeline, prompts, metrics, config, real_images=real, attributes=attributes,
-                            role="model", log=log, collective=collective)
+                            role="model", log=log, collective=collective, folder=folder)
     return out
 
 
@@ -564,7 +695,8 @@ def _saved_evaluation(run: Any, evaluate_fn: Callable[[], dict[str, Any]]) -> di
 def evaluate_run_stage(run: Any, *, base: Any = None) -> dict[str, Any]:
     """The ``evaluate`` stage of a run: evaluation of ``artifacts/mixture`` → ``artifacts/evaluation.json``."""
     return _saved_evaluation(run, lambda: evaluate_mixture(run.artifact("mixture"), run.recipe.data, run.registry,
-                                                           base=base, log=run.log, collective=True))
+                                                           base=base, log=run.log, collective=True,
+                                                           folder=run.artifact(EVAL_IMAGES_DIR)))
 
 
 def evaluate_pipeline_stage(run: Any, pipeline: Any) -> dict[str, Any]:
@@ -572,7 +704,7 @@ def evaluate_pipeline_stage(run: Any, pipeline: Any) -> dict[str, Any]:
     sparsity): ``pipeline`` against a fresh build of the recipe's model → ``artifacts/evaluation.json``."""
     return _saved_evaluation(run, lambda: evaluate_pipeline(pipeline, run.recipe.data, run.registry,
                                                             teacher=lambda: run.build("model"), log=run.log,
-                                                            collective=True))
+                                                            collective=True, folder=run.artifact(EVAL_IMAGES_DIR)))
 
 
 # -- CLI -------------------------------------------------------------------------------------------------

@@ -184,3 +184,76 @@ def test_dense_finetune_evaluates_its_saved_pipeline_against_the_teacher(tmp_pat
     # the fine-tuned weights were evaluated, not the teacher a second time
     assert model["metrics"]["domain_fid"] != teacher["metrics"]["domain_fid"]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["model"]["metrics"] == model["metrics"]
+
+
+def test_killed_evaluation_resumes_without_regenerating_images(tmp_path, routed):
+    from prunekit.evaluation import _batch_caller
+    from prunekit.eval_images import generate_to_folder
+
+    inner, _ = _batch_caller(routed, CONFIG)
+    calls: list[list[str]] = []
+
+    def counting(chunk, seeds, kill_at=None):
+        if kill_at is not None and len(calls) == kill_at:
+            raise KeyboardInterrupt
+        calls.append(chunk)
+        return inner(chunk, seeds)
+
+    full, experts, _ = generate_to_folder(counting, PROMPTS, tmp_path / "full", batch_size=2, seed=5)
+    assert len(calls) == 3 and experts == routed.route(PROMPTS)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        generate_to_folder(lambda c, s: counting(c, s, kill_at=2), PROMPTS, tmp_path / "killed", batch_size=2, seed=5)
+    assert sorted(p.name for p in (tmp_path / "killed").glob("*.png")) == [f"{i:06d}.png" for i in range(4)]
+    calls.clear()
+    resumed, experts_r, _ = generate_to_folder(counting, PROMPTS, tmp_path / "killed", batch_size=2, seed=5)
+    assert calls == [PROMPTS[4:6]]  # only the batch that was not on disk
+    assert experts_r == experts
+    assert torch.equal(full.take(range(6)), resumed.take(range(6)))
+    # The images on disk are the ones in-memory generation gives (same seeds per prompt).
+    in_memory = generate(routed, PROMPTS, CONFIG).images
+    assert torch.equal(full.take(range(6)), in_memory)
+
+
+def test_streamed_metrics_equal_whole_batch_metrics(tmp_path, routed, monkeypatch):
+    """FID/KID/CLIP score/CMMD fed 2 images at a time give what they give on all images at once, and the
+    folder path scores what the in-memory path scores."""
+    from safetensors.torch import save_file
+    from test_metrics import save_tiny_clip
+
+    import prunekit.metrics as core_metrics
+    from prunekit.metrics import fid_inception
+
+    torch.manual_seed(0)
+    save_file(fid_inception().state_dict(), str(tmp_path / "inception.safetensors"))
+    original = core_metrics.load_fid_inception
+
+    def small_inception(*args, **kwargs):  # InceptionV3 at its smallest input: same path, 1/16 of the cost
+        model = original(*args, **kwargs)
+        model.input_size = 75
+        return model
+
+    monkeypatch.setattr(core_metrics, "load_fid_inception", small_inception)
+    clip = save_tiny_clip(tmp_path / "clip")
+    registry = get_registry()
+    metrics = {"fid": registry.build("metric", {"name": "fid", "inception_weights": str(tmp_path / "inception.safetensors")}),
+               "kid": registry.build("metric", {"name": "kid", "inception_weights": str(tmp_path / "inception.safetensors"),
+                                                "subsets": 3, "subset_size": 4}),
+               "clip_score": registry.build("metric", {"name": "clip_score", "clip_path": str(clip)}),
+               "cmmd": registry.build("metric", {"name": "cmmd", "clip_path": str(clip)})}
+    shapes = registry.build("dataset", {"name": "shapes", "size": 6, "resolution": 16, "seed": 3})
+    real = torch.stack([torch.from_numpy(shapes.image(i)).permute(2, 0, 1) for i in range(6)])
+    from dataclasses import replace
+
+    whole = evaluate(routed, PROMPTS, metrics, replace(CONFIG, metric_batch=64), real_images=real)
+    streamed = evaluate(routed, PROMPTS, metrics, replace(CONFIG, metric_batch=2), real_images=real,
+                        folder=tmp_path / "images")
+    assert sorted(p.name for p in (tmp_path / "images" / "mixture").glob("*.png")) == [f"{i:06d}.png" for i in range(6)]
+    for key in ("fid", "clip_score", "cmmd"):
+        assert streamed["metrics"][key] == pytest.approx(whole["metrics"][key], rel=1e-4, abs=1e-6), key
+    assert np.isfinite(streamed["metrics"]["kid"])
+    for a, b in zip(whole["experts"], streamed["experts"]):
+        assert a["images"] == b["images"]
+        for key, value in a["metrics"].items():
+            if key != "kid" and key != "kid_std":
+                assert b["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (a["expert"], key)

@@ -105,14 +105,41 @@ class _InceptionMetric:
             self._feature = load_fid_inception(self.config.inception_weights, key=self.key)
         return self._feature
 
-    def _fill(self, metric: Any, batch: Any, name: str) -> Any:
-        device = _device(self.config.device)
-        metric = metric.to(device)
-        for chunk in _chunks(_real_images(batch, name), self.config.batch_size):
-            metric.update(chunk.to(device), real=True)
+    def _torchmetric(self) -> Any:
+        raise NotImplementedError
+
+    def accumulator(self) -> _TorchmetricsAccumulator:
+        """Streaming state: Inception features of real and generated images, fed chunk by chunk."""
+        return _TorchmetricsAccumulator(self._torchmetric(), self.config, self.key.split(".")[1], self._result)
+
+    def _result(self, value: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    def __call__(self, batch: Any) -> dict[str, float]:
+        acc = self.accumulator()
+        acc.update(batch)
+        return acc.compute()
+
+
+class _TorchmetricsAccumulator:
+    """A torchmetrics metric on ``device`` fed real (``real=True``) and generated images per chunk."""
+
+    def __init__(self, metric: Any, config: Any, name: str, result: Any) -> None:
+        self.device = _device(config.device)
+        self.metric, self.config, self.name, self.result = metric.to(self.device), config, name, result
+        self.count = 0
+
+    def update(self, batch: Any) -> None:
+        for chunk in _chunks(_real_images(batch, self.name), self.config.batch_size):
+            self.metric.update(chunk.to(self.device), real=True)
         for chunk in _chunks(batch.images, self.config.batch_size):
-            metric.update(chunk.to(device), real=False)
-        return metric
+            self.metric.update(chunk.to(self.device), real=False)
+        self.count += len(batch.images)
+
+    def compute(self) -> dict[str, float]:
+        if self.count < 2:  # a covariance (FID) or a subset (KID) needs two images
+            return {k: float("nan") for k in self.result(None)}
+        return self.result(self.metric)
 
 
 class FID(_InceptionMetric):
@@ -120,11 +147,13 @@ class FID(_InceptionMetric):
 
     key = "metrics.fid.inception_weights"
 
-    def __call__(self, batch: Any) -> dict[str, float]:
+    def _torchmetric(self) -> Any:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        metric = FrechetInceptionDistance(feature=self.feature(), normalize=False, sync_on_compute=False)
-        return {"fid": float(self._fill(metric, batch, "fid").compute())}
+        return FrechetInceptionDistance(feature=self.feature(), normalize=False, sync_on_compute=False)
+
+    def _result(self, metric: Any) -> dict[str, float]:
+        return {"fid": float("nan") if metric is None else float(metric.compute())}
 
 
 class KID(_InceptionMetric):
@@ -132,14 +161,19 @@ class KID(_InceptionMetric):
 
     key = "metrics.kid.inception_weights"
 
-    def __call__(self, batch: Any) -> dict[str, float]:
+    def _torchmetric(self) -> Any:
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        n = min(len(batch.images), len(_real_images(batch, "kid")))
-        metric = KernelInceptionDistance(feature=self.feature(), subsets=self.config.subsets,
-                                         subset_size=min(self.config.subset_size, n), normalize=False,
-                                         sync_on_compute=False)
-        mean, std = self._fill(metric, batch, "kid").compute()
+        return KernelInceptionDistance(feature=self.feature(), subsets=self.config.subsets,
+                                       subset_size=self.config.subset_size, normalize=False, sync_on_compute=False)
+
+    def _result(self, metric: Any) -> dict[str, float]:
+        if metric is None:
+            return {"kid": float("nan"), "kid_std": float("nan")}
+        # Subsets cannot be larger than the image sets, known only now that they are all seen.
+        metric.subset_size = min(self.config.subset_size, sum(len(f) for f in metric.real_features),
+                                 sum(len(f) for f in metric.fake_features))
+        mean, std = metric.compute()
         return {"kid": float(mean), "kid_std": float(std)}
 
 
@@ -164,7 +198,7 @@ class ClipScore:
         _require(config.preflight()[0] if config.preflight() else None)
         self.config = config
 
-    def __call__(self, batch: Any) -> dict[str, float]:
+    def accumulator(self) -> _ClipScoreAccumulator:
         from torchmetrics.multimodal.clip_score import CLIPScore
 
         from prunekit.metrics import load_clip
@@ -172,10 +206,25 @@ class ClipScore:
         device = _device(self.config.device)
         model, processor = load_clip(self.config.clip_path, key="metrics.clip_score.clip_path", device=device)
         metric = CLIPScore(model_name_or_path=lambda: (model, processor), sync_on_compute=False).to(device)
-        size = self.config.batch_size
-        for start in range(0, len(batch.images), size):
-            metric.update(batch.images[start:start + size].to(device), batch.prompts[start:start + size])
-        return {"clip_score": float(metric.compute())}
+        return _ClipScoreAccumulator(metric, device, self.config.batch_size)
+
+    def __call__(self, batch: Any) -> dict[str, float]:
+        acc = self.accumulator()
+        acc.update(batch)
+        return acc.compute()
+
+
+class _ClipScoreAccumulator:
+    def __init__(self, metric: Any, device: str, size: int) -> None:
+        self.metric, self.device, self.size, self.count = metric, device, size, 0
+
+    def update(self, batch: Any) -> None:
+        for start in range(0, len(batch.images), self.size):
+            self.metric.update(batch.images[start:start + self.size].to(self.device), batch.prompts[start:start + self.size])
+        self.count += len(batch.images)
+
+    def compute(self) -> dict[str, float]:
+        return {"clip_score": float(self.metric.compute()) if self.count else float("nan")}
 
 
 @dataclass
@@ -198,14 +247,41 @@ class CMMD:
         _require(config.preflight()[0] if config.preflight() else None)
         self.config = config
 
-    def __call__(self, batch: Any) -> dict[str, float]:
-        from prunekit.metrics import clip_image_embeddings, cmmd, load_clip
+    def accumulator(self) -> _CMMDAccumulator:
+        from prunekit.metrics import load_clip
 
-        real = _real_images(batch, "cmmd")
         model, processor = load_clip(self.config.clip_path, key="metrics.cmmd.clip_path", device=_device(self.config.device))
-        x = clip_image_embeddings(real, model, processor, batch_size=self.config.batch_size)
-        y = clip_image_embeddings(batch.images, model, processor, batch_size=self.config.batch_size)
-        return {"cmmd": cmmd(x, y, sigma=self.config.sigma, scale=self.config.scale)}
+        return _CMMDAccumulator(self.config, model, processor)
+
+    def __call__(self, batch: Any) -> dict[str, float]:
+        acc = self.accumulator()
+        acc.update(batch)
+        return acc.compute()
+
+
+class _CMMDAccumulator:
+    """CLIP embeddings of real and generated images (the state CMMD needs; never the images)."""
+
+    def __init__(self, config: CMMDConfig, model: Any, processor: Any) -> None:
+        self.config, self.model, self.processor = config, model, processor
+        self.real: list[Any] = []
+        self.fake: list[Any] = []
+
+    def update(self, batch: Any) -> None:
+        from prunekit.metrics import clip_image_embeddings
+
+        size = self.config.batch_size
+        self.real.append(clip_image_embeddings(_real_images(batch, "cmmd"), self.model, self.processor, batch_size=size))
+        self.fake.append(clip_image_embeddings(batch.images, self.model, self.processor, batch_size=size))
+
+    def compute(self) -> dict[str, float]:
+        import torch
+
+        from prunekit.metrics import cmmd
+
+        if not self.fake:
+            return {"cmmd": float("nan")}
+        return {"cmmd": cmmd(torch.cat(self.real), torch.cat(self.fake), sigma=self.config.sigma, scale=self.config.scale)}
 
 
 # -- complexity ---------------------------------------------------------------------------------------------
@@ -229,6 +305,7 @@ class Macs:
     """MACs of one U-Net forward (batch 1): teacher, each expert, and the mixture's routed mean."""
 
     per_expert = False
+    needs_images = False
 
     def __init__(self, config: MacsConfig) -> None:
         self.config = config
@@ -284,6 +361,7 @@ class Latency:
     """Seconds per sample of the teacher, each expert and the mixture (median of interleaved rounds)."""
 
     per_expert = False
+    needs_images = False
 
     def __init__(self, config: LatencyConfig) -> None:
         self.config = config

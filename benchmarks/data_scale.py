@@ -27,15 +27,21 @@ SD21_Z = 384
 DATASETS = {"COCO 2014 train (414,113 captions)": 414_113, "CC3M train (3.3 M pairs)": 3_300_000}
 
 
+def write_data(n_captions: int, work: Path) -> dict[str, object]:
+    from prunekit_plugins.datasets.synthetic_coco import write_synthetic_coco
+
+    return write_synthetic_coco(work / "data", images=n_captions // CAPTIONS_PER_IMAGE,
+                                captions_per_image=CAPTIONS_PER_IMAGE, resolution=32)
+
+
 def child(n_captions: int, work: Path) -> dict[str, object]:
-    """One measurement, in this (fresh) process: write data, run, report peak RSS."""
+    """One measurement, in this (fresh) process: encode and train on data written beforehand (by
+    another process, so writing it is not measured), report peak RSS."""
     from prunekit.recipe import load_recipe
     from prunekit.registry import get_registry
     from prunekit.runner import execute
-    from prunekit_plugins.datasets.synthetic_coco import write_synthetic_coco
 
-    data = write_synthetic_coco(work / "data", images=n_captions // CAPTIONS_PER_IMAGE,
-                                captions_per_image=CAPTIONS_PER_IMAGE, resolution=32)
+    data = {"root": str(work / "data" / "images"), "annotations": str(work / "data" / "captions.json")}
     overrides = ["dataset.name=coco", f"dataset.root={data['root']}", f"dataset.annotations={data['annotations']}",
                  "dataset.resolution=32", "method.encode.batch_size=64", "method.encode.shard_size=1024",
                  "method.prune.warmup_iters=3", "method.prune.iters=5", "method.finetune.iters=2",
@@ -79,6 +85,7 @@ def main() -> int:
         return 0
     rows = []
     for n in (int(x) for x in args.captions.split(",")):
+        write_data(n, work / f"n{n}")
         out = subprocess.run([sys.executable, __file__, "--child", str(n), "--workdir", str(work / f"n{n}")],
                              capture_output=True, text=True, cwd=REPO)
         if out.returncode != 0:

@@ -203,8 +203,9 @@ def _inception_classes() -> dict[str, type]:
     class FIDInceptionV3(nn.Module):
         """The TF 2015-12-05 InceptionV3 graph used for FID, returning the 2048-d pool features.
 
-        Takes uint8 images (N, 3, H, W); resizes them to 299 like torchmetrics' built-in extractor
-        (bilinear with antialiasing) and scales to [-1, 1]. Parameter names follow the torchvision /
+        Takes uint8 images (N, 3, H, W); resizes them to 299 as the TF graph did (TF1
+        ``resize_bilinear``: no half-pixel centres, no antialiasing — what torch-fidelity and
+        torchmetrics' built-in extractor reproduce) and scales to [-1, 1]. Parameter names follow the torchvision /
         pytorch-fid / torch-fidelity layout, so their ``pt_inception-2015-12-05`` weights load as is.
         """
 
@@ -230,8 +231,7 @@ def _inception_classes() -> dict[str, type]:
             if images.dtype != torch.uint8:
                 raise TypeError(f"FIDInceptionV3 takes uint8 images, got {images.dtype}")
             x = images.to(self.Conv2d_1a_3x3.conv.weight.dtype)
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
-                              antialias=True)
+            x = resize_bilinear_tf1(x, self.input_size, self.input_size)
             x = (x - 128) / 128
             x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
             x = F.max_pool2d(x, 3, stride=2)
@@ -242,6 +242,28 @@ def _inception_classes() -> dict[str, type]:
             return F.adaptive_avg_pool2d(x, 1).flatten(1).float()
 
     return {"FIDInceptionV3": FIDInceptionV3}
+
+
+def resize_bilinear_tf1(x: Any, height: int, width: int) -> Any:
+    """TensorFlow 1's ``resize_bilinear`` (align_corners=False): output pixel ``i`` samples the input at
+    ``i * in / out`` (no half-pixel offset), clamped at the last pixel; separable in H and W. The FID
+    Inception graph was defined on this resize, so reference FIDs depend on it."""
+    import torch
+
+    def along(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+        n = t.shape[dim]
+        if n == size:
+            return t
+        src = torch.arange(size, dtype=torch.float32) * torch.tensor(n / size, dtype=torch.float32)  # TF: float32
+        lo = src.floor().long().clamp(max=n - 1)
+        hi = (lo + 1).clamp(max=n - 1)
+        w = (src - lo).to(t.dtype)
+        shape = [1] * t.ndim
+        shape[dim] = size
+        a, b = t.index_select(dim, lo.to(t.device)), t.index_select(dim, hi.to(t.device))
+        return a + (b - a) * w.to(t.device).view(shape)
+
+    return along(along(x, 2, height), 3, width)
 
 
 def fid_inception() -> Any:

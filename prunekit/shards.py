@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -168,6 +169,45 @@ def write_index(folder: Path, n_shards: int, shard_size: int, total: int, dtype:
     return index
 
 
+_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
+
+
+class ShardFile:
+    """Rows of the tensors in one safetensors file, read with ``pread`` at their offsets.
+
+    Not memory-mapped on purpose: pages of a mapping a process has touched count in its resident
+    memory for as long as the mapping lives, so months of random row reads over a CC3M-size folder
+    would grow it without bound; ``pread`` leaves caching to the kernel's page cache.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            (length,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+            header = json.loads(os.pread(self.fd, length, 8))
+        except Exception:
+            os.close(self.fd)
+            raise
+        self.metadata: dict[str, str] = header.pop("__metadata__", {}) or {}
+        self.base = 8 + length
+        self.tensors = {name: (_DTYPES[info["dtype"]], tuple(info["shape"]), tuple(info["data_offsets"]))
+                        for name, info in header.items()}
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        dtype, shape, (begin, _) = self.tensors[name]
+        row = dtype.itemsize * (int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1)
+        data = os.pread(self.fd, row * (stop - start), self.base + begin + row * start)
+        return torch.frombuffer(bytearray(data), dtype=dtype).reshape(stop - start, *shape[1:])
+
+    def length(self, name: str) -> int:
+        return self.tensors[name][1][0]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class EncodedShards:
     """Random access to the rows of an encoded folder; tensors stay on disk until asked for.
 
@@ -188,11 +228,11 @@ class EncodedShards:
         counts = [s["rows"] for s in self.index["shards"]]
         self._starts = torch.tensor([0, *counts]).cumsum(0)
         self._files = [folder / s["file"] for s in self.index["shards"]]
-        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._open: OrderedDict[int, ShardFile] = OrderedDict()
         self._max_open = max_open
         self.prompts: list[str] = []
         for k in range(len(self._files)):
-            self.prompts.extend(json.loads(self._handle(k).metadata()["prompts"]))
+            self.prompts.extend(json.loads(self._handle(k).metadata["prompts"]))
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -201,15 +241,13 @@ class EncodedShards:
     def columns(self) -> list[str]:
         return list(self.shapes)
 
-    def _handle(self, shard: int) -> Any:
-        from safetensors import safe_open
-
+    def _handle(self, shard: int) -> ShardFile:
         handle = self._open.get(shard)
         if handle is None:
-            handle = safe_open(str(self._files[shard]), framework="pt")
+            handle = ShardFile(self._files[shard])
             self._open[shard] = handle
             while len(self._open) > self._max_open:  # bounded open files for CC3M-size folders
-                self._open.popitem(last=False)
+                self._open.popitem(last=False)[1].close()
         else:
             self._open.move_to_end(shard)
         return handle
@@ -227,20 +265,28 @@ class EncodedShards:
             shard, row = self.locate(int(index))
             handle = self._handle(shard)
             for name in names:
-                out[name].append(handle.get_slice(name)[row : row + 1])
+                out[name].append(handle.rows(name, row, row + 1))
         return {name: _as_compute(torch.cat(parts)) for name, parts in out.items()}
 
     def column_chunks(self, name: str) -> Iterator[torch.Tensor]:
         """One column, shard by shard (float columns as float32)."""
         for k in range(len(self._files)):
-            yield _as_compute(self._handle(k).get_tensor(name))
+            handle = self._handle(k)
+            yield _as_compute(handle.rows(name, 0, handle.length(name)))
 
     def column(self, name: str) -> torch.Tensor:
         """A whole (small) column, e.g. the prompt embeddings ``z`` or ``source_index``."""
         return torch.cat(list(self.column_chunks(name)))
 
     def close(self) -> None:
-        self._open.clear()
+        while self._open:
+            self._open.popitem()[1].close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 def _as_compute(t: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ class SentenceTransformerConfig:
     )
     device: str = option("cpu", help="cpu, auto (this rank's GPU when there is one), cuda (this rank's GPU), cuda:N")
     batch_size: int = option(64, ge=1)
+    cache_size: int = option(10000, ge=0, help="distinct prompts whose embedding is kept (least recently used go first)")
 
     def preflight(self) -> list[str]:
         if self.path is None:
@@ -36,7 +37,8 @@ class SentenceTransformerConfig:
 
 
 class SentenceTransformerEncoder:
-    """Frozen sentence-transformer; each distinct prompt is encoded once per process."""
+    """Frozen sentence-transformer with a bounded cache of recent prompts' embeddings (a deployed
+    mixture sees the same prompts again; an encode over millions of captions must not keep them all)."""
 
     def __init__(self, config: SentenceTransformerConfig) -> None:
         from sentence_transformers import SentenceTransformer
@@ -56,21 +58,28 @@ class SentenceTransformerEncoder:
         self.model.eval()
         dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_of())
-        self._cache: dict[str, Any] = {}
+        from collections import OrderedDict
+
+        self._cache: OrderedDict[str, Any] = OrderedDict()
         self.location = str(Path(location))
 
     def encode(self, prompts: list[str]) -> Any:
         """(len(prompts), dim) float32 tensor on the CPU."""
         import torch
 
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if not prompts:
+            return torch.zeros(0, self.dim)
+        found = {p: self._cache[p] for p in dict.fromkeys(prompts) if p in self._cache}
+        missing = [p for p in dict.fromkeys(prompts) if p not in found]
         if missing:
             with torch.no_grad():
                 emb = self.model.encode(
                     missing, batch_size=self.config.batch_size, convert_to_tensor=True, show_progress_bar=False
                 )
-            for prompt, row in zip(missing, emb.float().cpu()):
-                self._cache[prompt] = row
-        if not prompts:
-            return torch.zeros(0, self.dim)
-        return torch.stack([self._cache[p] for p in prompts])
+            found.update((p, row.clone()) for p, row in zip(missing, emb.float().cpu()))  # a row must not pin its batch
+        for prompt, row in found.items():
+            self._cache[prompt] = row
+            self._cache.move_to_end(prompt)
+        while len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
+        return torch.stack([found[p] for p in prompts])

@@ -95,6 +95,10 @@ def main() -> int:
                 failed.append(f"{method} zero{stage}")
                 print(f"FAILED {method} ZeRO-{stage} ({wall:.0f} s):\n{proc.stderr[-3000:]}", flush=True)
                 continue
+            encode = json.loads((out / "stages.json").read_text()).get("encode", {})
+            if encode.get("seconds"):
+                print(f"{method:15s} ZeRO-{stage} encode {encode['samples'] / encode['seconds']:8.1f} samples/s "
+                      f"({encode['bytes_per_sample'] / 1e3:.1f} kB/sample on disk)", flush=True)
             for name, (sps, mem) in timings(out).items():
                 rows.append((method, stage, name, sps, mem, wall))
                 print(f"{method:15s} ZeRO-{stage} {name:22s} {sps:8.3f} s/step  peak {mem or 0:6.2f} GiB"

@@ -134,6 +134,7 @@ def train(
     param_groups: Iterable[dict[str, Any]] | None = None,
     name: str = "train",
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    prefetch: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Optimise the trainable parameters of ``module`` for ``steps`` optimizer steps.
 
@@ -145,6 +146,8 @@ def train(
     ``requires_grad`` are optimised (or ``param_groups`` when given, for per-group LRs).
     Checkpoints go to ``ckpt_dir`` every ``cfg.checkpoint_every`` steps and at the end; an
     existing checkpoint there is resumed from. The trained weights end up in ``module``.
+    ``prefetch(i)``, when given, is called with the index of the micro-batch after the current one
+    before ``batch_fn`` builds the current one, so its data can be read in the background.
     """
     import deepspeed
     import torch.distributed as dist
@@ -204,6 +207,9 @@ def train(
         lr_used = optimizer.param_groups[0]["lr"]
         for micro in range(cfg.grad_accum):
             index = global_micro_index(step, micro, rank, world, cfg.grad_accum)
+            if prefetch is not None and step + (micro + 1) // cfg.grad_accum < steps:
+                later = (step, micro + 1) if micro + 1 < cfg.grad_accum else (step + 1, 0)
+                prefetch(global_micro_index(*later, rank, world, cfg.grad_accum))
             torch.manual_seed(seed * 1_000_003 + index)
             batch = move(batch_fn(index), device, dtype)
             loss, logs = loss_fn(engine.module, batch, step)

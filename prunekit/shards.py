@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -230,6 +231,7 @@ class EncodedShards:
         self._files = [folder / s["file"] for s in self.index["shards"]]
         self._open: OrderedDict[int, ShardFile] = OrderedDict()
         self._max_open = max_open
+        self._lock = threading.Lock()  # a prefetch thread reads beside the training loop
         self.prompts: list[str] = []
         for k in range(len(self._files)):
             self.prompts.extend(json.loads(self._handle(k).metadata["prompts"]))
@@ -263,7 +265,8 @@ class EncodedShards:
         out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         for index in indices:
             shard, row = self.locate(int(index))
-            handle = self._handle(shard)
+            with self._lock:
+                handle = self._handle(shard)
             for name in names:
                 out[name].append(handle.rows(name, row, row + 1))
         return {name: _as_compute(torch.cat(parts)) for name, parts in out.items()}
@@ -287,6 +290,39 @@ class EncodedShards:
             self.close()
         except Exception:
             pass
+
+
+class RowPrefetcher:
+    """Reads the rows of the next micro-batch in a background thread while the current one trains.
+
+    ``indices_of(index)`` gives the dataset rows of micro-batch ``index`` (deterministic, no RNG), so
+    what is prefetched is exactly what :meth:`rows` is asked for next; a miss reads synchronously.
+    """
+
+    def __init__(self, encoded: EncodedShards, columns: Sequence[str], indices_of: Callable[[int], Sequence[int]]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.encoded, self.columns, self.indices_of = encoded, list(columns), indices_of
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunekit-prefetch")
+        self._pending: dict[int, Any] = {}
+        self.hits = self.misses = 0
+
+    def prefetch(self, index: int) -> None:
+        if index not in self._pending:
+            self._pending[index] = self._pool.submit(self.encoded.rows, list(self.indices_of(index)), self.columns)
+
+    def rows(self, index: int) -> dict[str, torch.Tensor]:
+        future = self._pending.pop(index, None)
+        for stale in [k for k in self._pending if k < index]:  # e.g. after a resume jumped ahead
+            self._pending.pop(stale).cancel()
+        if future is not None:
+            self.hits += 1
+            return future.result()
+        self.misses += 1
+        return self.encoded.rows(list(self.indices_of(index)), self.columns)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _as_compute(t: torch.Tensor) -> torch.Tensor:

@@ -142,3 +142,41 @@ def test_run_records_skipped_samples_and_stops_beyond_the_allowed_share(tmp_path
         execute(load_recipe(SMOKE, common), get_registry(), output=tmp_path / "strict", console_log=False)
     info = json.loads((tmp_path / "strict" / "run.json").read_text())
     assert info["status"] == "failed"
+
+
+def test_engine_prefetches_exactly_the_next_micro_batch_and_trains_the_same(tmp_path):
+    from prunekit.engine import micro_batch_indices, train
+    from prunekit.engine_config import EngineConfig
+    from prunekit.shards import RowPrefetcher
+
+    encode_to_shards(tmp_path / "enc", Rows(40), _encoder([]), shard_size=8, batch_size=4, dtype="float32")
+    enc = EncodedShards(tmp_path / "enc")
+
+    def indices_of(index):
+        return micro_batch_indices(len(enc), 4, index, seed=0)
+
+    def run(prefetch: bool, ckpt):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 1)
+        reader = RowPrefetcher(enc, ["z", "latents"], indices_of)
+        asked = []
+
+        def batch_fn(index):
+            asked.append(index)
+            return reader.rows(index) if prefetch else enc.rows(indices_of(index), ["z", "latents"])
+
+        def loss_fn(module, batch, step):
+            return ((module(batch["z"] / 40) - batch["latents"][:, 0, 0, 0:1]) ** 2).mean(), {}
+
+        cfg = EngineConfig(micro_batch=4, grad_accum=2, checkpoint_every=100)
+        result = train(model, loss_fn, batch_fn, cfg=cfg, lr=1e-2, steps=5, ckpt_dir=ckpt,
+                       prefetch=reader.prefetch if prefetch else None)
+        reader.close()
+        return result, reader, asked
+
+    plain, _, asked_plain = run(False, tmp_path / "a")
+    fetched, reader, asked = run(True, tmp_path / "b")
+    assert asked == asked_plain == list(range(10))
+    assert reader.hits == 9 and reader.misses == 1  # every micro-batch but the first was read ahead
+    for key, value in plain.state_dict.items():
+        assert torch.equal(fetched.state_dict[key], value)

@@ -154,6 +154,7 @@ class DenseFinetune:
         import torch
 
         from prunekit.data import encode_prompts, open_encoded
+        from prunekit.shards import RowPrefetcher
         from prunekit.engine import micro_batch_indices, train
         from prunekit.engine_config import EngineConfig
         from prunekit.losses import LossInputs
@@ -177,9 +178,12 @@ class DenseFinetune:
             text_encoder.train()
             trained = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
 
+        reader = RowPrefetcher(data, ["latents"] if cfg.train_text_encoder else ["latents", "text"],
+                               lambda index: micro_batch_indices(n, engine_cfg.micro_batch, index, seed))
+
         def batch_fn(index: int) -> dict[str, torch.Tensor]:
             idx = micro_batch_indices(n, engine_cfg.micro_batch, index, seed)
-            rows = data.rows(idx, ["latents"] if cfg.train_text_encoder else ["latents", "text"])
+            rows = reader.rows(index)
             if cfg.train_text_encoder:
                 cond = tok([data.prompts[i] for i in idx], padding="max_length", max_length=tok.model_max_length,
                            truncation=True, return_tensors="pt").input_ids
@@ -212,8 +216,9 @@ class DenseFinetune:
             result = train(
                 trained, loss_fn, batch_fn, cfg=engine_cfg, lr=cfg.lr, steps=cfg.steps,
                 warmup_steps=cfg.warmup_steps, ckpt_dir=run.checkpoint_dir("finetune"), seed=seed,
-                name="finetune", on_step=lambda step, rec: advance(1, loss=rec["loss"]),
+                name="finetune", on_step=lambda step, rec: advance(1, loss=rec["loss"]), prefetch=reader.prefetch,
             )
+            reader.close()
             advance(result.resumed_from)
         seconds = time.perf_counter() - start
         trained.requires_grad_(False)

@@ -198,6 +198,7 @@ class APTP:
         from prunekit.capture import capture_block_outputs
         from prunekit.engine import micro_batch_indices, train
         from prunekit.losses import LossInputs
+        from prunekit.shards import RowPrefetcher
 
         run, cfg = self.run_, self.config.prune
         steps = cfg.warmup_iters if phase == "warmup" else cfg.iters
@@ -227,8 +228,11 @@ class APTP:
         want_blocks = "distill_block" in self.losses
         target = self.budget.target
 
+        reader = RowPrefetcher(encoded, ["z", "latents", "text"],
+                               lambda index: micro_batch_indices(n, engine_cfg.micro_batch, index, self.seed))
+
         def batch_fn(index: int) -> dict[str, Any]:
-            rows = encoded.rows(micro_batch_indices(n, engine_cfg.micro_batch, index, self.seed))
+            rows = reader.rows(index)
             return {"z": rows["z"], **diffusion_batch(rows["latents"], rows["text"], scheduler)}
 
         def loss_fn(router: Any, batch: dict[str, Any], step: int):
@@ -283,7 +287,9 @@ class APTP:
                 ckpt_dir=run.checkpoint_dir(f"prune_{phase}"), seed=self.seed,
                 name=f"prune_{phase}",
                 on_step=lambda s, rec: advance(1, loss=rec["loss"], macs=rec["macs_ratio"]),
+                prefetch=reader.prefetch,
             )
+        reader.close()
         router = self._new_router()
         router.load_state_dict(result.state_dict)
         self.router = router
@@ -337,6 +343,7 @@ class APTP:
         from prunekit.capture import capture_block_outputs
         from prunekit.engine import micro_batch_indices, train
         from prunekit.losses import LossInputs
+        from prunekit.shards import RowPrefetcher
         from prunekit.mixture import expert_dir
         from prunekit.unet import physically_prune, round_mask, save_expert
 
@@ -361,9 +368,11 @@ class APTP:
             expert.requires_grad_(True)
             expert.train()
 
+            reader = RowPrefetcher(encoded, ["latents", "text"], lambda index: [
+                members[k] for k in micro_batch_indices(len(members), engine_cfg.micro_batch, index, self.seed + i)])
+
             def batch_fn(index: int) -> dict[str, Any]:
-                idx = [members[k] for k in micro_batch_indices(len(members), engine_cfg.micro_batch, index, self.seed + i)]
-                rows = encoded.rows(idx, ["latents", "text"])
+                rows = reader.rows(index)
                 return diffusion_batch(rows["latents"], rows["text"], scheduler)
 
             def loss_fn(model: Any, batch: dict[str, Any], step: int):
@@ -383,7 +392,8 @@ class APTP:
                                warmup_steps=cfg.lr_warmup, cooldown_steps=cfg.lr_cooldown,
                                ckpt_dir=run.checkpoint_dir(f"finetune_expert_{i}"),
                                seed=self.seed + 7919 * (i + 1), name=f"finetune_expert_{i}",
-                               on_step=lambda s, rec: advance(1, loss=rec["loss"]))
+                               on_step=lambda s, rec: advance(1, loss=rec["loss"]), prefetch=reader.prefetch)
+            reader.close()
             expert.load_state_dict(result.state_dict)
             run.on_main(lambda: run.artifact(f"finetune_expert_{i}_history.json").write_text(json.dumps(result.history)))
             tail = result.history[-max(1, len(result.history) // 10):]

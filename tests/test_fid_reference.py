@@ -2,29 +2,37 @@
 
 The reference is torch-fidelity's ``FeatureExtractorInceptionV3`` (what torchmetrics' built-in FID
 extractor is). torch-fidelity's package ``__init__`` imports torchvision, which must not be installed
-beside the CPU torch here (``pip install --no-deps torch-fidelity``, as ``.ci/run`` does), so the test
-imports its Inception module without running that ``__init__``.
+beside the CPU torch here; ``.ci/run`` installs it with ``--no-deps --target .venv/reference`` (off the
+import path: torchmetrics would import an installed torch-fidelity, and with it torchvision), and the
+test imports its Inception module from there without running that ``__init__``.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import os
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 
 from prunekit.metrics import fid_inception, resize_bilinear_tf1
 
 
+# Where .ci/run and the README install it: off the import path, so torchmetrics does not pick it up.
+REFERENCE = REPO / ".venv" / "reference"
+
+
 def _reference_module(monkeypatch):
-    spec = importlib.util.find_spec("torch_fidelity")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("torch-fidelity is not installed (pip install --no-deps torch-fidelity==0.4.0)")
+    folder = Path(os.environ.get("PRUNEKIT_FID_REFERENCE", REFERENCE)) / "torch_fidelity"
+    if not (folder / "feature_extractor_inceptionv3.py").is_file():
+        pytest.skip(f"torch-fidelity not found under {folder.parent} "
+                    "(pip install --no-deps --target .venv/reference torch-fidelity==0.4.0)")
     package = types.ModuleType("torch_fidelity")
-    package.__path__ = list(spec.submodule_search_locations)
+    package.__path__ = [str(folder)]
     monkeypatch.setitem(sys.modules, "torch_fidelity", package)
     for name in list(sys.modules):
         if name.startswith("torch_fidelity."):

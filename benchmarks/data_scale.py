@@ -73,6 +73,31 @@ def text_encoder_seconds_per_sample(batch: int = 16, repeats: int = 2) -> float:
     return (time.perf_counter() - start) / (repeats * batch)
 
 
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
+ASSUMED_UTILISATION = 0.4
+
+
+def encode_flops_per_sample() -> tuple[float, float]:
+    """FLOPs of SD 2.1's VAE encoder on one 256 px image and of its text encoder on one caption
+    (counted on the meta device: shapes only, nothing computed)."""
+    import torch
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from prunekit.shaped import sd21_text_encoder_config, sd_vae_config
+
+    with torch.device("meta"):
+        vae, text = AutoencoderKL(**sd_vae_config()), CLIPTextModel(CLIPTextConfig(**sd21_text_encoder_config()))
+    counts = []
+    for fn in (lambda: vae.encode(torch.empty(1, 3, 256, 256, device="meta")),
+               lambda: text(torch.zeros(1, 77, dtype=torch.long, device="meta"))):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        counts.append(float(counter.get_total_flops()))
+    return counts[0], counts[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", default="2000,20000")
@@ -104,8 +129,13 @@ def main() -> int:
     recompute = text_encoder_seconds_per_sample()
     print(f"SD 2.1 shards: {stored / 1e3:.1f} kB/sample with text states stored (fp16); {tokens / 1e3:.1f} kB/sample "
           f"with token ids instead, at {recompute * 1e3:.0f} ms/sample of text-encoder recompute on this CPU")
+    vae_flops, text_flops = encode_flops_per_sample()
+    per_sample = (vae_flops + text_flops) / (ASSUMED_UTILISATION * H100_BF16_PEAK)
+    print(f"SD 2.1 encode: {vae_flops / 1e9:.0f} GFLOPs (VAE, 256 px) + {text_flops / 1e9:.0f} GFLOPs (text) per sample; "
+          f"estimated {per_sample * 1e3:.2f} ms/sample on one H100 at {ASSUMED_UTILISATION:.0%} of its bf16 peak")
     for name, n in DATASETS.items():
-        print(f"  {name}: {stored * n / 1e9:.0f} GB stored states, {tokens * n / 1e9:.1f} GB with token ids")
+        print(f"  {name}: {stored * n / 1e9:.0f} GB stored states, {tokens * n / 1e9:.1f} GB with token ids; "
+              f"encode ~{per_sample * n / 60:.0f} GPU-minutes")
     return 0 if ratio <= 1.10 else 1
 
 

@@ -120,6 +120,19 @@ def test_imagefolder_bad_metadata_lines_and_images_are_counted(tmp_path):
                              shard_size=8, batch_size=2)
     assert index["skipped"] == {"unreadable_image": 1, "missing_file": 1} and index["samples"] == 3
 
+    # Through a run: what the dataset rejected while indexing and what the encode stage skipped, together.
+    from prunekit.recipe import load_recipe
+    from prunekit.runner import execute
+
+    args = ["dataset.name=imagefolder", f"dataset.root={root}", "dataset.resolution=32", "method.prune.warmup_iters=1",
+            "method.prune.iters=1", "method.finetune.iters=0", "method.eval.samples_per_expert=0",
+            "method.encode.max_skipped_fraction=0.9"]
+    execute(load_recipe(SMOKE, args), get_registry(), output=tmp_path / "run", console_log=False)
+    data = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]
+    assert data["skipped"] == {"bad_metadata": 3, "unreadable_image": 1, "missing_file": 1}
+    assert data["samples"] == 3 and data["dataset_rows"] == 8
+    assert "metadata.jsonl:6: not UTF-8" in data["skipped_examples"][0]
+
 
 def test_run_records_skipped_samples_and_stops_beyond_the_allowed_share(tmp_path):
     from prunekit.errors import PrunekitError
@@ -180,3 +193,52 @@ def test_engine_prefetches_exactly_the_next_micro_batch_and_trains_the_same(tmp_
     assert reader.hits == 9 and reader.misses == 1  # every micro-batch but the first was read ahead
     for key, value in plain.state_dict.items():
         assert torch.equal(fetched.state_dict[key], value)
+
+
+def test_bad_cc3m_samples_are_skipped_and_counted(tmp_path):
+    """Both CC3M layouts: a truncated image, a zero-byte one, a missing one, an empty caption."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from prunekit.registry import get_registry
+
+    def jpeg(color):
+        buf = io.BytesIO()
+        Image.new("RGB", (20, 20), color).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    good = jpeg((200, 0, 0))
+    # TSV + image folder (img2dataset "files" layout): row 4's image was never downloaded.
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = [("a red car", good), ("a cut download", good[: len(good) // 3]), ("an empty file", b""),
+            ("   ", good), ("never downloaded", None), ("another red car", good)]
+    for i, (_, data) in enumerate(rows):
+        if data is not None:
+            (images / f"{i:09d}.jpg").write_bytes(data)
+    (tmp_path / "train.tsv").write_text("".join(f"{c}\thttp://example.com/{i}.jpg\n" for i, (c, _) in enumerate(rows)))
+    tsv = get_registry().build("dataset", {"name": "cc3m", "root": str(tmp_path / "train.tsv"),
+                                           "image_dir": str(images), "resolution": 16})
+    # webdataset: the same samples in a shard; the missing image leaves a caption without an image.
+    shard = tmp_path / "shards" / "00000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for i, (caption, data) in enumerate(rows):
+            for name, payload in ((f"{i:09d}.txt", caption.encode()), (f"{i:09d}.jpg", data)):
+                if payload is None:
+                    continue
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    wds = get_registry().build("dataset", {"name": "cc3m", "format": "webdataset", "root": str(shard.parent),
+                                           "resolution": 16})
+
+    def encode(items):
+        return {"latents": torch.stack([it["image"] for it in items])}
+
+    for name, dataset, at_index in (("tsv", tsv, {"missing_file": 1}), ("webdataset", wds, {"incomplete_sample": 1})):
+        index = encode_to_shards(tmp_path / f"enc_{name}", dataset, encode, shard_size=4, batch_size=2)
+        assert index["skipped"] == {"unreadable_image": 2, "empty_caption": 1}, name
+        assert index["samples"] == 2 and dataset.rejected == at_index, name  # missing: found while indexing

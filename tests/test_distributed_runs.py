@@ -176,3 +176,14 @@ def test_a_failing_rank_stops_every_rank_with_its_error(tmp_path):
     assert proc.stderr.count("error: ") == 1, proc.stderr[-2000:]  # the failing rank's line, once
     assert time.time() - start < 120
     assert sorted(p.name for p in out.iterdir()) == ["something"]
+
+
+def test_post_training_method_under_two_ranks_prunes_like_one(tmp_path):
+    """Calibration runs on every rank alike; rank 0 writes the pruned weights and the pipeline."""
+    recipe = REPO / "recipes" / "posttrain" / "tiny_wanda.yaml"
+    cmd = _torchrun("--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()))
+    _run([*cmd, "run", str(recipe), "--output", str(tmp_path / "two"), "-q"])
+    _run([sys.executable, "-m", "prunekit", "run", str(recipe), "--output", str(tmp_path / "one"), "-q"])
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    _assert_same(tmp_path / "one", tmp_path / "two", ["pruned/unet.safetensors", "pruned/text_encoder.safetensors"],
+                 rtol=0, atol=0)

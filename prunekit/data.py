@@ -68,10 +68,10 @@ def encode_stage(run: Any, pipeline: Any, config: EncodeConfig, *, prompt_encode
     """The ``encode`` stage of a training method: the recipe's dataset into shards under
     ``artifacts/<folder>`` (split over ranks, resumable); unreadable samples are skipped, counted in
     ``metrics.json`` under ``data``, and stop the run beyond ``config.max_skipped_fraction``."""
+    import time
+
     from prunekit.errors import PrunekitError
     from prunekit.shards import encode_to_shards
-
-    import time
 
     dataset = run.build("dataset")
     start = time.perf_counter()

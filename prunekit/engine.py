@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path

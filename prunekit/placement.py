@@ -73,7 +73,7 @@ def place_frozen(pipeline: Any, precision: str, device: torch.device | None = No
     device = device or compute_device()
     check_precision(precision, device)
     dtype = compute_dtype(precision)
-    for name, module in getattr(pipeline, "components", {}).items():
+    for module in getattr(pipeline, "components", {}).values():
         if isinstance(module, torch.nn.Module):
             module.to(device=device, dtype=dtype)
             module.requires_grad_(False)

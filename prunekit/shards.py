@@ -102,43 +102,55 @@ def encode_to_shards(
             if progress is not None:
                 progress((stop - start) * world)
             continue
-        columns: dict[str, list[torch.Tensor]] = {}
-        prompts: list[str] = []
-        sources: list[int] = []
+        buffer = _ShardBuffer(encode_batch, store, keep_float32)
         skipped: list[dict[str, Any]] = []
-        pending: list[tuple[int, dict[str, Any]]] = []
-
-        def flush() -> None:
-            if not pending:
-                return
-            out = encode_batch([item for _, item in pending])
-            for name, value in out.items():
-                keep = name in keep_float32 or not value.is_floating_point()
-                columns.setdefault(name, []).append(value.detach().cpu().to(value.dtype if keep else store))
-            prompts.extend(str(item["prompt"]) for _, item in pending)
-            sources.extend(i for i, _ in pending)
-            pending.clear()
-
         for index in range(start, stop):
             try:
-                pending.append((index, load_sample(dataset, index)))
+                buffer.add(index, load_sample(dataset, index))
             except SkippedSample as exc:
                 skipped.append({"index": index, "reason": exc.reason, "detail": exc.detail[:300]})
                 if log is not None and len(skipped) <= 3:
                     log.warning("skipped sample %d (%s): %s", index, exc.reason, exc.detail)
-            if len(pending) >= batch_size:
-                flush()
+            if len(buffer.pending) >= batch_size:
+                buffer.flush()
             if progress is not None and (index - start + 1) % batch_size == 0:
                 progress(batch_size * world)
-        flush()
+        buffer.flush()
         if progress is not None and (stop - start) % batch_size:
             progress(((stop - start) % batch_size) * world)
+        columns, prompts, sources = buffer.columns, buffer.prompts, buffer.sources
         tensors = {name: torch.cat(parts) for name, parts in columns.items()}
         tensors["source_index"] = torch.tensor(sources, dtype=torch.int64)
         _atomic_save(tensors, path, {"prompts": json.dumps(prompts), "skipped": json.dumps(skipped),
                                      "rows": json.dumps([start, stop])})
     distributed.barrier()
     return distributed.run_on_main(lambda: write_index(folder, n_shards, shard_size, total, dtype))
+
+
+class _ShardBuffer:
+    """The rows of the shard being encoded: items wait in ``pending`` until a batch is full."""
+
+    def __init__(self, encode_batch: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+                 store: torch.dtype, keep_float32: Sequence[str]) -> None:
+        self.encode_batch, self.store, self.keep_float32 = encode_batch, store, set(keep_float32)
+        self.columns: dict[str, list[torch.Tensor]] = {}
+        self.prompts: list[str] = []
+        self.sources: list[int] = []
+        self.pending: list[tuple[int, dict[str, Any]]] = []
+
+    def add(self, index: int, item: dict[str, Any]) -> None:
+        self.pending.append((index, item))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        out = self.encode_batch([item for _, item in self.pending])
+        for name, value in out.items():
+            keep = name in self.keep_float32 or not value.is_floating_point()
+            self.columns.setdefault(name, []).append(value.detach().cpu().to(value.dtype if keep else self.store))
+        self.prompts.extend(str(item["prompt"]) for _, item in self.pending)
+        self.sources.extend(i for i, _ in self.pending)
+        self.pending.clear()
 
 
 def write_index(folder: Path, n_shards: int, shard_size: int, total: int, dtype: str) -> dict[str, Any]:
@@ -274,6 +286,8 @@ class EncodedShards:
     def column_chunks(self, name: str) -> Iterator[torch.Tensor]:
         """One column, shard by shard (float columns as float32)."""
         for k in range(len(self._files)):
+            if self.index["shards"][k]["rows"] == 0:  # every sample of it was skipped: no columns
+                continue
             handle = self._handle(k)
             yield _as_compute(handle.rows(name, 0, handle.length(name)))
 

@@ -187,8 +187,8 @@ def test_dense_finetune_evaluates_its_saved_pipeline_against_the_teacher(tmp_pat
 
 
 def test_killed_evaluation_resumes_without_regenerating_images(tmp_path, routed):
-    from prunekit.evaluation import _batch_caller
     from prunekit.eval_images import generate_to_folder
+    from prunekit.evaluation import _batch_caller
 
     inner, _ = _batch_caller(routed, CONFIG)
     calls: list[list[str]] = []

@@ -21,7 +21,6 @@ from helpers import REPO
 
 from prunekit.metrics import fid_inception, resize_bilinear_tf1
 
-
 # Where .ci/run and the README install it: off the import path, so torchmetrics does not pick it up.
 REFERENCE = REPO / ".venv" / "reference"
 

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_aptp_coco_base_runs_every_stage_on_synthetic_coco(tmp_path):
+    from prunekit_plugins.datasets.synthetic_coco import write_synthetic_coco
     from safetensors.torch import save_file
     from test_metrics import save_tiny_clip
 
@@ -22,7 +23,6 @@ def test_aptp_coco_base_runs_every_stage_on_synthetic_coco(tmp_path):
     from prunekit.registry import get_registry
     from prunekit.runner import execute
     from prunekit.tiny import save_tiny_pipeline
-    from prunekit_plugins.datasets.synthetic_coco import write_synthetic_coco
 
     model = save_tiny_pipeline(tmp_path / "sd")
     train = write_synthetic_coco(tmp_path / "train", images=24, captions_per_image=2, resolution=32, seed=0)

@@ -154,10 +154,10 @@ class DenseFinetune:
         import torch
 
         from prunekit.data import encode_prompts, open_encoded
-        from prunekit.shards import RowPrefetcher
         from prunekit.engine import micro_batch_indices, train
         from prunekit.engine_config import EngineConfig
         from prunekit.losses import LossInputs
+        from prunekit.shards import RowPrefetcher
 
         cfg = self.config
         engine_cfg = EngineConfig(**run.recipe.data["engine"])

@@ -343,8 +343,8 @@ class APTP:
         from prunekit.capture import capture_block_outputs
         from prunekit.engine import micro_batch_indices, train
         from prunekit.losses import LossInputs
-        from prunekit.shards import RowPrefetcher
         from prunekit.mixture import expert_dir
+        from prunekit.shards import RowPrefetcher
         from prunekit.unet import physically_prune, round_mask, save_expert
 
         run, cfg = self.run_, self.config.finetune

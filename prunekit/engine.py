@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from prunekit import checkpoints
 from prunekit.engine_config import EngineConfig
 from prunekit.errors import NonFiniteLossError
 
@@ -103,20 +104,16 @@ def global_micro_index(step: int, micro: int, rank: int, world: int, grad_accum:
     return (step * world + rank) * grad_accum + micro
 
 
-def _latest_step(ckpt_dir: Path) -> int | None:
-    latest = ckpt_dir / "latest"
-    if not latest.exists():
-        return None
-    tag = latest.read_text().strip()
-    return int(tag.split("_")[-1]) if tag.startswith("step_") and (ckpt_dir / tag).is_dir() else None
-
-
-def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    tags = sorted(
-        (p for p in ckpt_dir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[-1])
-    )
-    for old in tags[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+def _nonfinite_parameters(engine: Any) -> tuple[int, str | None]:
+    """How many trained values are NaN/inf on this rank, and the first parameter holding one."""
+    named = [(n, getattr(p, "ds_tensor", None) if hasattr(p, "ds_tensor") else p)  # ZeRO-3: own partition
+             for n, p in engine.module.named_parameters() if p.requires_grad]
+    named = [(n, t) for n, t in named if t is not None and t.numel()]
+    if not named:
+        return 0, None
+    counts = torch.stack([(~torch.isfinite(t.detach())).sum() for _, t in named]).tolist()
+    first = next((n for (n, _), c in zip(named, counts) if c), None)
+    return int(sum(counts)), first
 
 
 def train(
@@ -176,22 +173,40 @@ def train(
         dist_init_required=False,
     )
 
+    checkpoints.load_safely(engine.checkpoint_engine)
     result = TrainResult()
     start = 0
-    last = _latest_step(ckpt_dir)
-    if last is not None:
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=f"step_{last}")
+    found = checkpoints.newest_intact(ckpt_dir)
+    for line in found.skipped:
+        log.warning("%s: %s", name, line)
+    if found.step is not None:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=checkpoints.tag_of(found.step))
         client = client or {}
-        start = int(client.get("step", last))
+        start = int(client.get("step", found.step))
         result.history = list(client.get("history", []))
         result.resumed_from = start
         log.info("%s: resumed from checkpoint at step %d", name, start)
+    elif found.skipped:
+        log.warning("%s: no intact checkpoint in %s; starting from step 0", name, ckpt_dir)
+    last_saved = found.step
 
     def save(step: int) -> None:
-        tag = f"step_{step}"
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "history": result.history})
-        if rank == 0:
-            _prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+        nonlocal last_saved
+        tag = checkpoints.tag_of(step)
+        checkpoints.discard(ckpt_dir, step)  # a damaged one passed over on resume
+        try:
+            engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False,
+                                   client_state={"step": step, "history": result.history})
+            checkpoints.seal(ckpt_dir / tag, step)
+        except BaseException:
+            # Unsealed, it would be passed over on resume anyway; don't leave the partial files.
+            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+            raise
+        last_saved = step
+        checkpoints.prune(ckpt_dir, cfg.keep_checkpoints)
+
+    def last_good() -> str:
+        return f"{checkpoints.tag_of(last_saved)} in {ckpt_dir}" if last_saved is not None else "none yet"
 
     from prunekit.placement import compute_dtype, move
 
@@ -217,17 +232,16 @@ def train(
             if world > 1:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if finite.item() < 1:
-                good = _latest_step(ckpt_dir)
-                where = f"step_{good} in {ckpt_dir}" if good is not None else "none yet"
                 raise NonFiniteLossError(
-                    f"{name}: loss became {loss.detach().float().mean().item()} at step {step} "
-                    f"(micro-batch {micro}); stopped. Last good checkpoint: {where}"
+                    f"{name}: loss became {loss.detach().float().mean().item()} at step {step + 1} "
+                    f"(micro-batch {micro}); stopped, step not saved. Last good checkpoint: {last_good()}"
                 )
             engine.backward(loss)
             engine.step()
             loss_sum += float(loss.detach())
             for k, v in logs.items():
                 logs_sum[k] = logs_sum.get(k, 0.0) + float(v)
+        _check_update(engine, cfg, name, step, world, last_good)
         values = torch.tensor([loss_sum, *logs_sum.values()], dtype=torch.float64) / cfg.grad_accum
         if world > 1:  # log the mean over ranks, so every rank records the same history
             dist.all_reduce(values)
@@ -252,6 +266,27 @@ def train(
         # ZeRO-3 left every parameter partitioned (empty on this rank): put the full weights back.
         _replace_parameters(module, result.state_dict)
     return result
+
+
+def _check_update(engine: Any, cfg: EngineConfig, name: str, step: int, world: int,
+                  last_good: Callable[[], str]) -> None:
+    """Stop before a step whose gradients or updated parameters are not finite can be saved."""
+    import torch.distributed as dist
+
+    bad, where = _nonfinite_parameters(engine)
+    norm = engine.get_global_grad_norm() if cfg.precision != "fp16" else None  # fp16: the loss scaler skips
+    norm = float(norm) if norm is not None else 0.0
+    flags = torch.tensor([float(bad), 0.0 if math.isfinite(norm) else 1.0])
+    if world > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    if flags[0] == 0 and flags[1] == 0:
+        return
+    what = (f"{int(flags[0])} non-finite parameter values" + (f" (first in {where})" if where else "")
+            if flags[0] else f"gradient norm {norm}")
+    raise NonFiniteLossError(
+        f"{name}: step {step + 1} produced {what}; stopped, step not saved. "
+        f"Last good checkpoint: {last_good()}"
+    )
 
 
 def _replace_parameters(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

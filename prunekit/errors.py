@@ -49,3 +49,9 @@ class PeerRankError(PrunekitError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class CheckpointError(PrunekitError):
+    """A checkpoint cannot be trusted (it holds objects other than tensors) or cannot be used."""
+
+    exit_code = 1

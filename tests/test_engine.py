@@ -65,7 +65,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         return (loss * float("nan") if step == 3 else loss), logs
 
     cfg = EngineConfig(micro_batch=8, checkpoint_every=2)
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3 .*Last good checkpoint: step_2"):
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 4 .*Last good checkpoint: step_2"):
         train(model, nan_at_step_3, batch_fn, cfg=cfg, lr=1e-2, steps=6, ckpt_dir=tmp_path)
     assert (tmp_path / "step_2").is_dir() and (tmp_path / "latest").read_text().strip() == "step_2"
 

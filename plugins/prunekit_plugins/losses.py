@@ -106,7 +106,10 @@ class ContrastiveLoss:
         zn, vn = F.normalize(z, dim=1), F.normalize(v, dim=1)
         r = torch.softmax(zn @ zn.T / self.tau, dim=1)
         s = torch.softmax(vn @ vn.T / self.tau, dim=1).clamp(1e-7, 1 - 1e-7)
-        return self.weight * F.binary_cross_entropy(s, r.detach())
+        # binary_cross_entropy raises on NaN input; let NaN through as a value for the engine's guard.
+        finite = torch.isfinite(s)
+        bce = F.binary_cross_entropy(torch.where(finite, s, 0.5), torch.where(finite, r, 0.5).detach())
+        return self.weight * (bce + 0.0 * s.sum())
 
 
 @dataclass

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("recipe")
     validate.add_argument("overrides", nargs="*")
     validate.add_argument("--print", action="store_true", dest="show", help="print the resolved recipe")
+    validate.add_argument("--no-data", action="store_false", dest="check_data",
+                          help="skip the data checks (paths exist here, a sample reads): a recipe for another machine")
 
     generate = sub.add_parser("generate", help="generate images with a routed mixture of experts")
     generate.add_argument("mixture", help="mixture folder (runs/NAME/artifacts/mixture)")
@@ -86,12 +88,20 @@ def cmd_plugins(kind: str | None) -> int:
     return 0
 
 
-def cmd_validate(recipe: str, overrides: Sequence[str], show: bool) -> int:
+def cmd_validate(recipe: str, overrides: Sequence[str], show: bool, check_data: bool = True) -> int:
     from prunekit.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides)
     if show:
         print(loaded.to_yaml(), end="")
+    if check_data:  # a dataset path that does not exist here, or data without one readable sample
+        from prunekit.data import preflight_data
+        from prunekit.errors import MissingPathError
+        from prunekit.registry import get_registry
+
+        problems = preflight_data(loaded.data, get_registry())
+        if problems:
+            raise MissingPathError("\n".join(problems))
     print(f"{recipe}: valid (method {loaded.data['method']['name']!r})", file=sys.stderr)
     return 0
 
@@ -152,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plugins":
             return cmd_plugins(args.kind)
         if args.command == "validate":
-            return cmd_validate(args.recipe, args.overrides, args.show)
+            return cmd_validate(args.recipe, args.overrides, args.show, args.check_data)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "generate":
@@ -175,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # a problem of the machine (a full disk, a permission): errno text and path
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except Exception as exc:
         from prunekit import distributed
 

@@ -55,3 +55,10 @@ class CheckpointError(PrunekitError):
     """A checkpoint cannot be trusted (it holds objects other than tensors) or cannot be used."""
 
     exit_code = 1
+
+
+class RunFailedError(PrunekitError):
+    """A run stopped on an error of its machine (a full disk, a permission) or an unexpected one; the
+    message is one line, run.json records it, run.log holds the traceback."""
+
+    exit_code = 1

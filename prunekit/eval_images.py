@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -86,9 +85,10 @@ class FolderImages:
 def _atomic_png(array: Any, path: Path) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from prunekit.run import atomic_target
+
+    with atomic_target(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def generate_to_folder(
@@ -110,6 +110,7 @@ def generate_to_folder(
     each image (None for a single pipeline) and the generation seconds summed over batches.
     """
     from prunekit import distributed
+    from prunekit.run import atomic_write_text
 
     folder = Path(folder)
     (folder / BATCHES_DIR).mkdir(parents=True, exist_ok=True)
@@ -128,9 +129,8 @@ def generate_to_folder(
         seconds = time.perf_counter() - start
         for k, image in enumerate(images):
             _atomic_png(image, folder / f"{first + k:06d}.png")
-        tmp = record.with_name(f".{record.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"first": first, "count": len(chunk), "experts": experts, "seconds": seconds}))
-        os.replace(tmp, record)
+        atomic_write_text(record, json.dumps({"first": first, "count": len(chunk), "experts": experts,
+                                              "seconds": seconds}))
         done += 1
         if log is not None:
             log.debug("generated batch %d/%d (%d images)", b + 1, n_batches, len(chunk))

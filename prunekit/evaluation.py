@@ -65,6 +65,8 @@ class EvalConfig:
     teacher: bool = option(True, help="also evaluate the unpruned model, for the teacher-vs-pruned table")
     dataset: dict[str, Any] | None = option(None, help="eval split: a dataset section (default: the recipe's dataset)")
     samples_per_expert: int = option(4, ge=0, help="images per expert in the report's sample grid")
+    max_skipped_fraction: float = option(
+        0.01, ge=0, le=1, help="stop when more than this share of the drawn eval rows cannot be read")
 
 
 @dataclass
@@ -544,8 +546,13 @@ def load_mixture(mixture_dir: str | Path, registry: Any, *, base: Any = None, de
     return PromptRoutedPipeline.from_pretrained(mixture_dir, device=device, registry=registry, base=base)
 
 
-def _eval_setup(recipe_data: Mapping[str, Any], registry: Any, log: logging.Logger) -> tuple[Any, ...]:
-    """The recipe's eval settings, metric plugins, prompts, real images and attributes."""
+def _eval_setup(recipe_data: Mapping[str, Any], registry: Any, log: logging.Logger,
+                collective: bool = False) -> tuple[Any, ...]:
+    """The recipe's eval settings, metric plugins, prompts, real images, attributes, and what was
+    skipped: drawn rows whose image cannot be read or whose caption is empty are left out (counted
+    by reason, the first few named in the log), and beyond ``method.eval.max_skipped_fraction`` the
+    evaluation stops with one line."""
+    from prunekit.data import check_skipped, usable_rows
     from prunekit.errors import RecipeError
 
     config = eval_config(recipe_data)
@@ -556,10 +563,20 @@ def _eval_setup(recipe_data: Mapping[str, Any], registry: Any, log: logging.Logg
     if not section:
         raise RecipeError(["method.eval.dataset: no eval dataset (and the recipe has no dataset section)"])
     dataset = registry.build("dataset", section)
-    indices = select_indices(len(dataset), config.prompts, config.seed)
+    indices, data = usable_rows(dataset, select_indices(len(dataset), config.prompts, config.seed),
+                                collective=collective)
+    if getattr(dataset, "rejected", None):  # dropped while indexing (bad metadata lines, ...): not drawn
+        data["rejected"] = dict(dataset.rejected)
+        data["rejected_examples"] = list(getattr(dataset, "rejected_examples", []))[:5]
+        log.warning("evaluate: the eval dataset rejected %s while indexing; first: %s",
+                    ", ".join(f"{k} {v}" for k, v in sorted(dataset.rejected.items())),
+                    "; ".join(data["rejected_examples"][:3]) or "none")
+    check_skipped("evaluate", rows=data["rows"], usable=data["samples"], counts=data["skipped"],
+                  examples=data["skipped_examples"], log=log, fraction=config.max_skipped_fraction,
+                  option="method.eval.max_skipped_fraction")
     prompts, real, attributes = eval_data_source(dataset, indices)
     log.info("evaluate: %d prompts from dataset %r; metrics %s", len(prompts), section["name"], ", ".join(metrics))
-    return config, metrics, section, prompts, real, attributes
+    return config, metrics, section, prompts, real, attributes, data
 
 
 def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], registry: Any, *, base: Any = None,
@@ -567,13 +584,14 @@ def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], re
                      collective: bool = False, folder: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a mixture (and, by default, its teacher) with the recipe's metrics and ``method.eval``.
 
-    Returns a JSON-able dict: ``settings``, ``prompts``, ``teacher`` and ``mixture`` (each
-    ``{"metrics", "generation"}``) and ``experts`` (per-expert image counts and metrics).
+    Returns a JSON-able dict: ``settings``, ``prompts``, ``data`` (eval rows drawn, used and skipped
+    by reason), ``teacher`` and ``mixture`` (each ``{"metrics", "generation"}``) and ``experts``
+    (per-expert image counts and metrics).
     """
     log = log or LOG
-    config, metrics, section, prompts, real, attributes = _eval_setup(recipe_data, registry, log)
+    config, metrics, section, prompts, real, attributes, data = _eval_setup(recipe_data, registry, log, collective)
     mixture = load_mixture(mixture_dir, registry, base=base, device=device)
-    out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts)}
+    out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts), "data": data}
     if config.teacher:
         out["teacher"] = evaluate(mixture.base, prompts, metrics, config, real_images=real, attributes=attributes,
                                   role="teacher", log=log, collective=collective, folder=folder)
@@ -591,11 +609,12 @@ def evaluate_pipeline(pipeline: Any, recipe_data: Mapping[str, Any], registry: A
     """Evaluate one diffusers pipeline (a fine-tuned or sparsified model) as ``model``, and, when
     ``method.eval.teacher`` is on, ``teacher()`` (the unmodified model) on the same prompts and noise.
 
-    Returns ``settings``, ``prompts``, ``model`` and ``teacher`` (each ``{"metrics", "generation"}``).
+    Returns ``settings``, ``prompts``, ``data`` (eval rows skipped by reason), ``model`` and ``teacher``
+    (each ``{"metrics", "generation"}``).
     """
     log = log or LOG
-    config, metrics, section, prompts, real, attributes = _eval_setup(recipe_data, registry, log)
-    out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts)}
+    config, metrics, section, prompts, real, attributes, data = _eval_setup(recipe_data, registry, log, collective)
+    out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts), "data": data}
     if config.teacher and teacher is not None:
         out["teacher"] = evaluate(teacher(), prompts, metrics, config, real_images=real, attributes=attributes,
                                   role="teacher", log=log, collective=collective, folder=folder)
@@ -605,9 +624,10 @@ def evaluate_pipeline(pipeline: Any, recipe_data: Mapping[str, Any], registry: A
 
 
 def merge_evaluation(metrics: dict[str, Any], evaluation: Mapping[str, Any]) -> dict[str, Any]:
-    """Put an evaluation into a run's metrics: ``experts[i].metrics``, ``mixture.metrics`` (or
-    ``model.metrics`` for a single pipeline), ``teacher``."""
-    metrics["evaluation"] = {k: evaluation[k] for k in ("settings", "prompts") if k in evaluation}
+    """Put an evaluation into a run's metrics: ``evaluation`` (settings, prompts, the eval rows
+    skipped as ``data``), ``experts[i].metrics``, ``mixture.metrics`` (or ``model.metrics`` for a
+    single pipeline), ``teacher``."""
+    metrics["evaluation"] = {k: evaluation[k] for k in ("settings", "prompts", "data") if k in evaluation}
     by_id = {e["expert"]: e for e in evaluation.get("experts", [])}
     for entry in metrics.get("experts", []):
         found = by_id.get(entry.get("expert"), {})
@@ -741,7 +761,18 @@ def _print_summary(result: Mapping[str, Any]) -> None:
 
 
 def main_eval(args: Any) -> int:
-    """``prunekit eval PATH [overrides]``: evaluate a run's mixture again (updates its metrics and report)."""
+    """``prunekit eval PATH [overrides]``: evaluate a run's mixture again (updates its metrics and report).
+    A run directory is held (its ``run.lock``) meanwhile, as a run holds it."""
+    from prunekit.run import holding
+
+    _, run_dir = _locate(Path(args.path))
+    if run_dir is None:
+        return _main_eval(args)
+    with holding(run_dir, action="eval"):
+        return _main_eval(args)
+
+
+def _main_eval(args: Any) -> int:
     from prunekit.errors import MissingPathError
     from prunekit.recipe import load_recipe
     from prunekit.registry import get_registry

@@ -117,11 +117,18 @@ def _merge(base: Any, child: Any) -> Any:
     inherited one: the old component's options mean nothing to the new one."""
     from omegaconf import DictConfig, OmegaConf
 
-    for key in SINGLE_SECTIONS:
-        old, new = base.get(key) if key in base else None, child.get(key) if key in child else None
+    def replace_if_renamed(parent: Any, other: Any, key: str) -> None:
+        old, new = parent.get(key) if key in parent else None, other.get(key) if key in other else None
         if isinstance(old, DictConfig) and isinstance(new, DictConfig):
             if "name" in new and new.get("name") != old.get("name"):
-                del base[key]
+                del parent[key]
+
+    for key in SINGLE_SECTIONS:
+        replace_if_renamed(base, child, key)
+    # The same inside a method: its eval split (method.eval.dataset) is a component section too.
+    old_eval, new_eval = (OmegaConf.select(n, "method.eval") if "method" in n else None for n in (base, child))
+    if isinstance(old_eval, DictConfig) and isinstance(new_eval, DictConfig):
+        replace_if_renamed(old_eval, new_eval, "dataset")
     return OmegaConf.merge(base, child)
 
 
@@ -214,7 +221,68 @@ def validate_data(data: Mapping[str, Any], registry: Registry) -> list[str]:
         for needed in requires:
             if not data.get(needed):
                 problems.append(f"{needed}: method {method['name']!r} needs a {needed!r} section")
+        if component is not None and component.schema is not None:
+            problems.extend(_check_contracts(data, registry, method["name"], component.schema))
     return problems
+
+
+def _at(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _check_contracts(data: Mapping[str, Any], registry: Registry, method: str, schema: type) -> list[str]:
+    """The components a method uses have the shapes it needs, and its losses read only what it provides."""
+    problems: list[str] = []
+    for key, capability in getattr(schema, "capabilities", {}).items():
+        section = data.get(key)
+        name = section.get("name") if isinstance(section, Mapping) else None
+        component = registry.find(SINGLE_SECTIONS.get(key, key), name) if isinstance(name, str) else None
+        if component is not None and capability not in component.provides:
+            has = ", ".join(sorted(component.provides)) or "no declared capability"
+            problems.append(f"{key}.name: method {method!r} needs a {capability} {SINGLE_SECTIONS.get(key, key)}; "
+                            f"{name!r} ({component.origin}) is not one (it provides: {has})")
+    for path, provided in getattr(schema, "loss_inputs", {}).items():
+        section = _at(data, path)
+        if section is None and path.startswith("method."):
+            section = _schema_default(schema, path.split(".")[1:])
+        if not isinstance(section, Mapping):
+            continue
+        for name, options in section.items():
+            if options is None:
+                continue
+            loss = registry.find("loss", str(name))
+            where = f"{path}.{name}"
+            if loss is None:
+                if path != "losses":  # the top-level section's names are checked with the other sections
+                    problems.append(f"{where}: {unknown_name_message('loss', str(name), registry.names('loss'))}")
+                continue
+            if path != "losses":
+                if not isinstance(options, Mapping):
+                    problems.append(f"{where}: expected a mapping of options, got {options!r}")
+                    continue
+                if loss.schema is not None:
+                    problems.extend(validate_options(loss.schema, options, where))
+            missing = sorted(loss.needs - provided)
+            if missing:
+                problems.append(f"{where}: loss {name!r} needs {', '.join(missing)}, which method {method!r} "
+                                f"does not provide there (it provides: {', '.join(sorted(provided))})")
+    return problems
+
+
+def _schema_default(schema: type, parts: list[str]) -> Any:
+    from prunekit.config import schema_defaults
+
+    node: Any = schema_defaults(schema)
+    for part in parts:
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _validate_component(registry: Registry, kind: str, section: Any, key: str) -> list[str]:

@@ -45,6 +45,9 @@ class Component:
     doc: str
     plugin: str
     origin: str
+    # Shapes it has (see prunekit.interfaces.CAPABILITIES), and for losses the LossInputs fields it reads.
+    provides: frozenset[str] = frozenset()
+    needs: frozenset[str] = frozenset()
 
     @property
     def summary(self) -> str:
@@ -67,7 +70,12 @@ class Register:
         *,
         schema: type | None = None,
         doc: str | None = None,
+        provides: Iterable[str] = (),
+        needs: Iterable[str] | None = None,
     ) -> None:
+        """Register ``factory`` as ``kind`` ``name``. ``provides`` names the shapes the built object
+        has (``("trainable",)`` for a router a method can train); a loss's ``needs`` defaults to its
+        factory's ``needs`` attribute (the :class:`~prunekit.losses.LossInputs` fields it reads)."""
         where = f"plugin {self._plugin!r}"
         if kind not in KINDS:
             raise PluginError(f"{where} registers unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
@@ -85,9 +93,21 @@ class Register:
                 f"{kind} {name!r} is registered twice: by plugin {existing.plugin!r} "
                 f"({existing.origin}) and by plugin {self._plugin!r} ({self._origin})"
             )
+        from prunekit.interfaces import CAPABILITIES
+        from prunekit.losses import INPUT_FIELDS
+
+        provides = frozenset(provides)
+        unknown = sorted(provides - set(CAPABILITIES.get(kind, {})))
+        if unknown:
+            raise PluginError(f"{where} registers {kind} {name!r} providing unknown {', '.join(map(repr, unknown))} "
+                              f"(a {kind} may provide: {', '.join(CAPABILITIES.get(kind, {})) or 'nothing'})")
+        needs = frozenset(needs if needs is not None else getattr(factory, "needs", ()))
+        if needs - INPUT_FIELDS:
+            raise PluginError(f"{where} registers {kind} {name!r} needing unknown inputs "
+                              f"{', '.join(sorted(needs - INPUT_FIELDS))} (LossInputs has: {', '.join(sorted(INPUT_FIELDS))})")
         text = doc if doc is not None else (factory.__doc__ or "")
         self._registry._components[(kind, name)] = Component(
-            kind, name, factory, schema, text, self._plugin, self._origin
+            kind, name, factory, schema, text, self._plugin, self._origin, provides, needs
         )
 
 
@@ -180,7 +200,14 @@ class Registry:
         name = options.pop("name")
         component = self.get(kind, name)
         config = instantiate_schema(component.schema, options) if component.schema else options
-        return component.factory(config, **context)
+        built = component.factory(config, **context)
+        if component.provides:
+            from prunekit.interfaces import check_built
+
+            problem = check_built(kind, name, built, sorted(component.provides))
+            if problem:
+                raise PluginError(f"{problem} ({component.plugin}, {component.origin})")
+        return built
 
     @property
     def hook(self) -> Any:

@@ -561,5 +561,8 @@ def main_report(args: Any) -> int:
     if not (run_dir / "artifacts" / "mixture" / "manifest.json").is_file():
         raise MissingPathError(f"{run_dir} is not a finished APTP run (no artifacts/mixture/manifest.json)")
     complexity = load_function(args.complexity) if args.complexity else None
-    print(f"wrote {build_report(run_dir, complexity=complexity, output=args.output)}")
+    from prunekit.run import holding
+
+    with holding(run_dir, action="report"):  # it writes report/ there, as the run does at its end
+        print(f"wrote {build_report(run_dir, complexity=complexity, output=args.output)}")
     return 0

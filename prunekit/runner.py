@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.config import instantiate_schema
-from prunekit.errors import MissingPathError, PeerRankError, PrunekitError
+from prunekit.errors import MissingPathError, PeerRankError, PrunekitError, RunFailedError
 from prunekit.recipe import SINGLE_SECTIONS, Recipe
 from prunekit.registry import Registry
-from prunekit.run import Run, check_run_dir, run_dir_for
+from prunekit.run import FILE_ONLY, Run, check_run_dir, failure_reason, run_dir_for
 
 
 def preflight(recipe: Recipe, registry: Registry) -> list[str]:
@@ -51,6 +51,10 @@ def execute(
 
     Under a launcher every rank calls this; rank 0 checks the recipe against this machine and
     owns the run directory, the other ranks stop with it when it refuses.
+
+    Whatever stops a run (a full disk, a bug) ends it as ``failed`` in run.json with the reason, and
+    is raised as a :class:`PrunekitError` whose message is one line (:func:`failure_reason`); the
+    traceback of an unexpected error goes to run.log only.
     """
     from prunekit import distributed
 
@@ -64,7 +68,12 @@ def execute(
             raise MissingPathError("\n".join(problems))
 
     distributed.run_on_main(checks)
-    run = Run.start(recipe, registry, output=output, resume=resume, console_log=console_log)
+    try:
+        run = Run.start(recipe, registry, output=output, resume=resume, console_log=console_log)
+    except Exception as exc:  # Run.start recorded the failure where it could
+        if isinstance(exc, PrunekitError):
+            raise
+        raise RunFailedError(failure_reason(exc, run_dir_for(recipe, output))) from exc
     try:
         quiet_libraries()
         _seed_everything(int(recipe.data.get("seed", 0)))
@@ -72,19 +81,28 @@ def execute(
         metrics = dict(method.run(run) or {})
         run.save_metrics(**metrics)
         registry.hook.prunekit_run_end(run=run, metrics=run.metrics)
+        run.log.info("run complete: %s", run.dir)
     except PeerRankError:
         run.close("failed")
         raise
     except PrunekitError as exc:
-        run.log.error("%s", exc)
-        run.close("failed", error=str(exc))
+        run.log.error("%s", exc, extra=FILE_ONLY)  # the command line prints it, once
+        run.close("failed", error=failure_reason(exc, run.dir))
         raise
-    except BaseException as exc:
-        run.log.exception("run failed")
-        run.close("failed", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        reason = failure_reason(exc, run.dir)
+        # run.log gets the traceback; the console (and, under a launcher, rank 0's) only the reason
+        run.log.error("run failed: %s", reason, exc_info=exc, extra=FILE_ONLY if run.is_main else None)
+        run.close("failed", error=reason)
+        raise RunFailedError(reason) from exc
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: the command line says what to do
+        run.log.error("run stopped: %s", type(exc).__name__, extra=FILE_ONLY)
+        run.close("failed", error=f"stopped ({type(exc).__name__})")
         raise
-    run.log.info("run complete: %s", run.dir)
-    run.close("completed")
+    try:
+        run.close("completed")
+    except OSError as exc:  # completed only if run.json can say so; close() recorded it failed if it could
+        raise RunFailedError(failure_reason(exc, run.dir)) from exc
     return run, run.metrics
 
 

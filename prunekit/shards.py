@@ -57,16 +57,18 @@ def load_sample(dataset: Any, index: int) -> dict[str, Any]:
         raise SkippedSample("unreadable_image", f"{type(exc).__name__}: {exc}") from None
     prompt = item.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise SkippedSample("empty_caption", f"row {index}: empty caption")
+        where = getattr(dataset, "where", None)  # a dataset may name a row's file and line
+        raise SkippedSample("empty_caption", f"{where(index) if callable(where) else f'row {index}'}: empty caption")
     return item
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    from prunekit.run import atomic_target
+
+    with atomic_target(path) as tmp:  # removed again when the write fails (a full disk)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def encode_to_shards(

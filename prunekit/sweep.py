@@ -26,7 +26,10 @@ The whole sweep is validated before any point runs (unknown keys with did-you-me
 recipe, then every point's machine paths); all problems are reported at once. Points run one after
 the other; a completed point (``run.json`` status completed, same recipe) is skipped, an interrupted
 one is resumed in its run directory, a failed one is recorded with its error line and the others go
-on. The sweep directory holds::
+on. A point is completed only when its run directory's ``run.json`` says so: a launcher that exits 0
+without leaving a completed run there makes a failed point, with that as its error. A point whose run
+directory another process holds (``run.lock``) is recorded failed, not run alongside it. The sweep
+directory holds::
 
     sweep.yaml        the sweep file as given        commands.sh   every point as a prunekit command
     sweep.json        points: label, command, status, error, seconds, run directory
@@ -458,19 +461,42 @@ def _point_state(point: SweepPoint) -> str:
     d = point.run_dir
     if not d.is_dir() or not any(d.iterdir()):
         return "new"
-    info = d / "run.json"
-    if info.is_file() and json.loads(info.read_text()).get("status") == "completed":
+    if _run_status(d).get("status") == "completed":
         return "completed"
     if (d / "recipe.yaml").is_file():
         return "started"
     return "stale"
 
 
+def _run_status(run_dir: Path) -> dict[str, Any]:
+    """``run_dir``'s run.json ({} when there is none, or none readable)."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _not_completed(run_dir: Path) -> str | None:
+    """Why ``run_dir`` does not hold a completed run (None when it does): a point is completed only
+    when its run directory says so, whatever its launcher's exit status."""
+    if not (run_dir / "run.json").is_file():
+        return f"the launch ended without an error but left no run in {_display_path(run_dir)} (no run.json)"
+    info = _run_status(run_dir)
+    if info.get("status") == "completed":
+        return None
+    said = f"status {info['status']!r}" if info.get("status") else "no readable status"
+    error = f": {_one_line(info['error'])}" if info.get("error") else ""
+    return f"the launch ended without an error but {_display_path(run_dir / 'run.json')} says {said}{error}"
+
+
 def _clear_stale(run_dir: Path) -> bool:
     """A run killed before it wrote recipe.yaml left only its log and empty folders: start afresh."""
+    from prunekit.run import LOCK_FILE
+
     entries = list(run_dir.iterdir())
     empty_dirs = all(not any(e.iterdir()) for e in entries if e.is_dir())
-    if {e.name for e in entries} <= {"run.log", "run.json", "checkpoints", "artifacts"} and empty_dirs:
+    if {e.name for e in entries} <= {"run.log", "run.json", LOCK_FILE, "checkpoints", "artifacts"} and empty_dirs:
         shutil.rmtree(run_dir)
         return True
     return False
@@ -512,12 +538,10 @@ def _run_subprocess(sweep: Sweep, point: SweepPoint, resume: bool) -> str | None
         handle.flush()
         code = subprocess.call(sweep.command(point, resume=resume), stdout=handle, stderr=subprocess.STDOUT)
     if code == 0:
-        return None
-    info = point.run_dir / "run.json"
-    if info.is_file():
-        error = json.loads(info.read_text()).get("error")
-        if error:
-            return _one_line(error)
+        return None  # completed only if the run directory says so (_run_point checks)
+    error = _run_status(point.run_dir).get("error")
+    if error:
+        return _one_line(error)
     lines = [line.strip() for line in log.read_text().splitlines() if line.strip()]
     return _one_line(lines[-1]) if lines else f"exit status {code}"
 
@@ -606,9 +630,15 @@ def _record(sweep: Sweep, point: SweepPoint, earlier: Mapping[str, Any]) -> dict
 
 def _run_point(sweep: Sweep, point: SweepPoint, record: dict[str, Any], counter: str, registry: Any,
                save: Callable[[], None]) -> None:
-    from prunekit.run import check_run_dir
+    from prunekit.run import check_run_dir, refuse_if_locked
 
     label = point.label or sweep.name
+    try:  # another process is writing there (the same sweep run twice at once): not this one's to run
+        refuse_if_locked(point.run_dir)
+    except RunDirError as exc:
+        record.update(status="failed", error=str(exc))
+        _say(f"{counter} {label}: failed: {exc}")
+        return
     state = _point_state(point)
     if state == "stale" and not _clear_stale(point.run_dir):
         record.update(status="failed", error=f"{point.run_dir} exists but holds no recipe.yaml; remove it")
@@ -635,6 +665,8 @@ def _run_point(sweep: Sweep, point: SweepPoint, record: dict[str, Any], counter:
     else:
         error = _run_inprocess(point, resume, registry)
     record["seconds"] = round(time.perf_counter() - start, 2)
+    if error is None:
+        error = _not_completed(point.run_dir)
     if error is None:
         record.update(status="completed")
         _say(f"{counter} {label}: completed in {record['seconds']:.1f} s")

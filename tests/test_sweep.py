@@ -282,3 +282,50 @@ metrics: [{{name: finetune_loss, path: [experts.*.final_loss, finetune.loss_last
     assert all(float(r["finetune_loss"]) > 0 for r in rows.values())
     assert (out / "logs" / "norm@target=0.7.log").read_text().startswith("$ ")
     assert (out / "plots" / "finetune_loss.png").is_file()
+
+
+def test_a_point_is_completed_only_when_its_run_directory_says_so(tmp_path, capsys):
+    """A launcher that exits 0 without running anything, or leaving a failed run, makes a failed point;
+    a point whose run directory another process holds is not run alongside it."""
+    from prunekit.run import RunLock
+    from prunekit.sweep import main
+
+    launcher = _write(tmp_path / "launcher.py", """
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+out = Path(args[args.index("--output") + 1])
+if "method.lr=0.5" in args:  # leaves a failed run behind, and exits 0 all the same
+    out.mkdir(parents=True)
+    (out / "recipe.yaml").write_text("name: x\\n")
+    (out / "run.json").write_text(json.dumps({"status": "failed", "error": "No space left on device: /x"}))
+""")
+    out = tmp_path / "sweep"
+    sweep_file = _write(tmp_path / "zero.yaml", f"""
+name: zero
+base: {DENSE}
+overrides: {json.dumps(TINY_POINT)}
+launcher: {{mode: subprocess, command: [{sys.executable}, {launcher}]}}
+points:
+  - {{label: nothing}}
+  - {{label: failed, overrides: [method.lr=0.5]}}
+  - {{label: held, overrides: [method.lr=0.6]}}
+""")
+    (out / "runs" / "held").mkdir(parents=True)
+    lock = RunLock.acquire(out / "runs" / "held", action="run")
+    try:
+        args = argparse.Namespace(sweep=str(sweep_file), output=str(out), resume=True, dry_run=False, overrides=[])
+        assert main(args) == 1
+    finally:
+        lock.release()
+    state = {p["label"]: p for p in json.loads((out / "sweep.json").read_text())["points"]}
+    assert {label: p["status"] for label, p in state.items()} == {"nothing": "failed", "failed": "failed",
+                                                                  "held": "failed"}
+    assert "left no run in" in state["nothing"]["error"] and "(no run.json)" in state["nothing"]["error"]
+    assert "says status 'failed': No space left on device: /x" in state["failed"]["error"]
+    assert f"is in use by pid {os.getpid()}" in state["held"]["error"]
+    assert not (out / "runs" / "held" / "run.json").exists()  # the held point was not launched
+    err = capsys.readouterr().err
+    assert "0 of 3 points completed" in err and "  failed: nothing: the launch ended without an error" in err
+    table = (out / "results.md").read_text()
+    assert "| nothing | nothing | dense_finetune | failed |" in table and "left no run in" in table

@@ -17,11 +17,13 @@ from prunekit.config import option
 from prunekit.encode_config import EncodeConfig
 from prunekit.evaluation import EvalConfig
 from prunekit.hookspecs import hookimpl
+from prunekit.losses import DENOISING
 
 
 @dataclass
 class DenseFinetuneConfig:
     requires: ClassVar[tuple[str, ...]] = ("model", "dataset", "losses")
+    loss_inputs: ClassVar[dict[str, frozenset[str]]] = {"losses": DENOISING}
 
     steps: int = option(1000, ge=1, help="optimizer steps")
     lr: float = option(1e-5, gt=0)
@@ -89,9 +91,16 @@ class DenseFinetune:
         seed = int(run.recipe.data.get("seed", 0))
         dataset = run.build("dataset")
         # uint8 keeps a large image set small in memory; 8-bit is what the images were anyway.
-        images = torch.stack([
-            ((dataset[i]["image"].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8) for i in range(len(dataset))
-        ])
+        # Unreadable images are skipped and counted (the stage record's "data"), as the encode stage does.
+        from prunekit.data import check_skipped, usable_rows
+
+        loaded: list[torch.Tensor] = []
+        _, data = usable_rows(dataset, range(len(dataset)), on_item=lambda row, item: loaded.append(
+            ((item["image"].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)))
+        check_skipped("train_vae", rows=data["rows"], usable=data["samples"], counts=data["skipped"],
+                      examples=data["skipped_examples"], log=run.log, fraction=cfg.encode.max_skipped_fraction,
+                      option="method.encode.max_skipped_fraction")
+        images = torch.stack(loaded)
         held_out = images[-min(len(images) // 10, 512):] if len(images) >= 20 else images
         vae = pipeline.vae
         vae.requires_grad_(True)
@@ -133,7 +142,7 @@ class DenseFinetune:
             run.artifact("train_vae_history.json").write_text(json.dumps(result.history))
 
         run.on_main(write)
-        return {"steps": cfg.vae_steps, "seconds": round(seconds, 2), "scaling_factor": scaling,
+        return {"steps": cfg.vae_steps, "seconds": round(seconds, 2), "scaling_factor": scaling, "data": data,
                 "held_out_images": len(held_out), "held_out_psnr": round(-10 * torch.log10(torch.tensor(mse)).item(), 3),
                 "held_out_l1": float((recon - x).abs().mean() / 2)}
 

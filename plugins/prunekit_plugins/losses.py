@@ -7,10 +7,15 @@ configured ``weight``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from prunekit.config import option
 from prunekit.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+    from prunekit.losses import LossInputs
 
 
 @dataclass
@@ -25,11 +30,13 @@ class DDPMLossConfig:
 class DDPMLoss:
     """Denoising loss: MSE between the U-Net output and its target, optionally Min-SNR weighted."""
 
+    needs: ClassVar[frozenset[str]] = frozenset({"pred", "noise", "latents", "timesteps", "scheduler"})
+
     def __init__(self, config: DDPMLossConfig) -> None:
         self.config = config
         self.weight = config.weight
 
-    def __call__(self, inputs):  # noqa: ANN001, ANN204
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
         import torch
 
         from prunekit.losses import per_sample_mse, prediction_target, snr
@@ -56,10 +63,12 @@ class WeightConfig:
 class DistillOutputLoss:
     """Output-level distillation (APTP eq. 27): MSE between the pruned and the teacher U-Net outputs."""
 
+    needs: ClassVar[frozenset[str]] = frozenset({"pred", "teacher_pred"})
+
     def __init__(self, config: WeightConfig) -> None:
         self.weight = config.weight
 
-    def __call__(self, inputs):  # noqa: ANN001, ANN204
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
         from prunekit.losses import per_sample_mse
 
         inputs.need("pred", "teacher_pred", loss="distill_output")
@@ -69,14 +78,16 @@ class DistillOutputLoss:
 class DistillBlockLoss:
     """Block-level distillation (APTP eq. 28): sum over down/mid/up blocks of the output MSE."""
 
+    needs: ClassVar[frozenset[str]] = frozenset({"block_outputs", "teacher_block_outputs"})
+
     def __init__(self, config: WeightConfig) -> None:
         self.weight = config.weight
 
-    def __call__(self, inputs):  # noqa: ANN001, ANN204
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
         from prunekit.losses import per_sample_mse
 
         student, teacher = inputs.block_outputs, inputs.teacher_block_outputs
-        if not student or len(student) != len(teacher):
+        if not student or not teacher or len(student) != len(teacher):
             raise ValueError("loss 'distill_block' needs matching student and teacher block outputs")
         per_sample = sum(per_sample_mse(s, t) for s, t in zip(student, teacher))
         return self.weight * inputs.reduce(per_sample)
@@ -93,11 +104,13 @@ class ContrastiveLoss:
     prompts' (r). Written as a binary cross-entropy (the paper's sum with a minus sign, so that
     minimising it pulls s towards r)."""
 
+    needs: ClassVar[frozenset[str]] = frozenset({"prompt_embeddings", "arch_vectors"})
+
     def __init__(self, config: ContrastiveLossConfig) -> None:
         self.weight = config.weight
         self.tau = config.tau
 
-    def __call__(self, inputs):  # noqa: ANN001, ANN204
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
@@ -124,15 +137,17 @@ class RoutingLoss:
     code (eq. 22). Without it, codes that OT keeps busy in training can be nobody's nearest code.
     Codes are not moved by this term; it is zero where no assignment exists (APTP's warm-up)."""
 
+    needs: ClassVar[frozenset[str]] = frozenset({"code_similarity", "code_assignment"})
+
     def __init__(self, config: RoutingLossConfig) -> None:
         self.weight = config.weight
         self.tau = config.tau
 
-    def __call__(self, inputs):  # noqa: ANN001, ANN204
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
-        if "code_similarity" not in inputs.extra:
+        if inputs.code_similarity is None:  # APTP's warm-up: no codes yet
             return torch.zeros(())
         sim = inputs.get("code_similarity", "routing")
         assigned = inputs.get("code_assignment", "routing")
@@ -142,14 +157,16 @@ class RoutingLoss:
 class ResourceLoss:
     """APTP eq. 26: R(x, y) = log(max(x, y) / min(x, y)) between the batch's mean MACs ratio and the target."""
 
+    needs: ClassVar[frozenset[str]] = frozenset({"cost_ratio", "cost_target"})
+
     def __init__(self, config: WeightConfig) -> None:
         self.weight = config.weight
 
-    def __call__(self, inputs):  # noqa: ANN001, ANN204
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
         import torch
 
-        x = inputs.get("macs_ratio", "resource")
-        y = torch.as_tensor(inputs.get("macs_target", "resource"), dtype=x.dtype, device=x.device)
+        x = inputs.get("cost_ratio", "resource")
+        y = torch.as_tensor(inputs.get("cost_target", "resource"), dtype=x.dtype, device=x.device)
         return self.weight * torch.abs(torch.log(x) - torch.log(y))
 
 

@@ -119,14 +119,20 @@ def save_expert(unet: nn.Module, mask: Any, folder: str | os.PathLike, *, base_c
         EXPERT_FILE: json.dumps(expert, indent=2).encode(),
     }
     # Write everything to temporary names first so a crash never leaves a half-written expert.
+    # A write that fails (a full disk) removes the temporary files again.
     tmp_weights = folder / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(tmp_weights), metadata={"format": FORMAT})
     temps = {WEIGHTS_FILE: tmp_weights}
-    for name, payload in files.items():
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        temps[name] = Path(tmp)
+    try:
+        save_file(state, str(tmp_weights), metadata={"format": FORMAT})
+        for name, payload in files.items():
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+            temps[name] = Path(tmp)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise
     for name, tmp in temps.items():
         os.replace(tmp, folder / name)
     return folder

@@ -12,7 +12,7 @@ from prunekit_plugins.aptp.router import APTPRouterConfig, build_router
 def prunekit_register_components(register) -> None:
     register("prompt_encoder", "sentence_transformer", SentenceTransformerEncoder, schema=SentenceTransformerConfig,
              doc="Frozen sentence-transformer (default: packaged all-MiniLM-L6-v2), cached per prompt")
-    register("router", "aptp", build_router, schema=APTPRouterConfig,
+    register("router", "aptp", build_router, schema=APTPRouterConfig, provides=("trainable",),
              doc="APTP router: linear architecture predictor + N codes, Sinkhorn OT in training, cosine at inference")
     register("method", "aptp", APTP, schema=APTPConfig,
              doc="APTP: prune into prompt-routed experts, fine-tune each on its prompts, export a mixture")

@@ -17,6 +17,12 @@ from typing import Any, ClassVar, Literal
 from prunekit.config import option
 from prunekit.encode_config import EncodeConfig
 from prunekit.evaluation import EvalConfig
+from prunekit.losses import DENOISING, DISTILLATION
+
+# What the pruning stages and the expert fine-tuning can hand their losses.
+PRUNE_INPUTS = DENOISING | DISTILLATION | {"prompt_embeddings", "arch_vectors", "code_similarity",
+                                           "code_assignment", "cost_ratio", "cost_target"}
+FINETUNE_INPUTS = DENOISING | DISTILLATION
 
 
 def diffusion_batch(latents: Any, cond: Any, scheduler: Any) -> dict[str, Any]:
@@ -43,15 +49,20 @@ class PruneStageConfig:
     grad_accum: int | None = option(None, ge=1, help="overrides engine.grad_accum for this stage")
 
 
+PAPER_FINETUNE_LOSSES: dict[str, Any] = {
+    "ddpm": {"weight": 1e-4}, "distill_output": {"weight": 1.0}, "distill_block": {"weight": 1.0}}
+
+
 @dataclass
 class FinetuneStageConfig:
     iters: int = option(30000, ge=0, help="iterations per expert (0 = export the pruned experts as they are)")
     lr: float = option(1e-5, gt=0)
     lr_warmup: int = option(0, ge=0)
     lr_cooldown: int = option(0, ge=0, help="linear LR decay to zero over the last iterations")
-    ddpm_weight: float = option(1e-4, ge=0, help="alpha_DDPM (paper: 1e-4)")
-    distill_weight: float = option(1.0, ge=0, help="alpha_distill for output + block distillation (paper: 1.0)")
-    block_distill: bool = option(True, help="include block-level distillation")
+    losses: dict[str, Any] = option(
+        dict(PAPER_FINETUNE_LOSSES),
+        help="fine-tuning losses {name: options}, like the top-level losses section (default: the paper's, "
+             "DDPM 1e-4 + output and block distillation 1.0; name: null drops one)")
     micro_batch: int | None = option(None, ge=1, help="overrides engine.micro_batch for this stage")
     grad_accum: int | None = option(None, ge=1, help="overrides engine.grad_accum for this stage")
 
@@ -59,6 +70,8 @@ class FinetuneStageConfig:
 @dataclass
 class APTPConfig:
     requires: ClassVar[tuple[str, ...]] = ("model", "dataset", "prompt_encoder", "router", "gate", "budget", "losses")
+    capabilities: ClassVar[dict[str, str]] = {"router": "trainable"}
+    loss_inputs: ClassVar[dict[str, frozenset[str]]] = {"losses": PRUNE_INPUTS, "method.finetune.losses": FINETUNE_INPUTS}
 
     prune: PruneStageConfig = field(default_factory=PruneStageConfig)
     finetune: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)
@@ -146,9 +159,9 @@ class APTP:
         self.prunable = make_prunable(self.unet, depth=None if self.config.depth == "none" else self.config.depth)
         latent_h, latent_w = self.latent_hw
         self.budget = run.build("budget", prunable=self.prunable, height=latent_h, width=latent_w, text_len=self.text_len)
-        run.log.info("prunable U-Net: %d units (%d depth); latent %dx%d, text length %d; dense %.3f GMACs",
+        run.log.info("prunable U-Net: %d units (%d depth); latent %dx%d, text length %d; dense %.4g %s",
                      self.prunable.num_units, len(self.prunable.depth_indices), latent_h, latent_w,
-                     self.text_len, self.budget.model.dense / 1e9)
+                     self.text_len, self.budget.dense, self.budget.unit)
 
     def _build_prompt_encoder(self, run: Any) -> Any:
         return run.build("prompt_encoder")
@@ -197,7 +210,7 @@ class APTP:
 
         from prunekit.capture import capture_block_outputs
         from prunekit.engine import micro_batch_indices, train
-        from prunekit.losses import LossInputs
+        from prunekit.losses import TEACHER, LossInputs, losses_need
         from prunekit.shards import RowPrefetcher
 
         run, cfg = self.run_, self.config.prune
@@ -224,8 +237,9 @@ class APTP:
         encoded = self.encoded
         scheduler = self.pipeline.scheduler
         n = len(encoded)
-        want_teacher = any(k in self.losses for k in ("distill_output", "distill_block"))
-        want_blocks = "distill_block" in self.losses
+        needs = losses_need(self.losses)
+        want_teacher = bool(needs & TEACHER)
+        want_blocks = bool(needs & {"block_outputs", "teacher_block_outputs"})
         target = self.budget.target
 
         reader = RowPrefetcher(encoded, ["z", "latents", "text"],
@@ -238,7 +252,7 @@ class APTP:
         def loss_fn(router: Any, batch: dict[str, Any], step: int):
             x0, cond, noise, t = batch["latents"], batch["cond"], batch["noise"], batch["timesteps"]
             e, codes = router(batch["z"])  # the one read of the router's parameters (ZeRO-3)
-            weights, code_similarity = None, None
+            weights, code_similarity, assigned = None, None, None
             if phase == "warmup":
                 logits = e
                 deployed_ratio = self.budget.ratio(self.gate.deployed(e)).mean()  # each prompt's own architecture
@@ -264,12 +278,10 @@ class APTP:
             inputs = LossInputs(
                 pred=pred, noise=noise, latents=x0, timesteps=t, scheduler=scheduler,
                 teacher_pred=teacher_pred, block_outputs=blocks, teacher_block_outputs=teacher_blocks,
-                sample_weights=weights,
-                extra={"prompt_embeddings": batch["z"], "arch_vectors": self.gate(e, training=True),
-                       "macs_ratio": ratio, "macs_target": target},
+                sample_weights=weights, prompt_embeddings=batch["z"], arch_vectors=self.gate(e, training=True),
+                cost_ratio=ratio, cost_target=target, code_similarity=code_similarity,
+                code_assignment=assigned,
             )
-            if code_similarity is not None:
-                inputs.extra.update(code_similarity=code_similarity, code_assignment=assigned)
             parts = {name: loss(inputs) for name, loss in self.losses.items()}
             logs = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
             logs["macs_ratio"] = float(ratio.detach())
@@ -314,15 +326,12 @@ class APTP:
     def _route(self) -> dict[str, Any]:
         import torch
 
-        from prunekit.unet import count_macs
-
         self._load_router("joint")
         experts = torch.cat([self.router.route(chunk) for chunk in self.encoded.column_chunks("z")])
         counts = torch.bincount(experts, minlength=self.router.num_codes).tolist()
         masks = self.gate.hard(self.router.codes.detach())
-        h, w = self.latent_hw
-        dense = count_macs(self.prunable, None, height=h, width=w, text_len=self.text_len)
-        macs = [count_macs(self.prunable, m, height=h, width=w, text_len=self.text_len) for m in masks]
+        dense = self.budget.dense
+        macs = [self.budget.cost_of(m) for m in masks]
         ratios = [m / dense for m in macs]
         total = max(1, sum(counts))
         mean_ratio = sum(r * c for r, c in zip(ratios, counts)) / total
@@ -342,7 +351,7 @@ class APTP:
 
         from prunekit.capture import capture_block_outputs
         from prunekit.engine import micro_batch_indices, train
-        from prunekit.losses import LossInputs
+        from prunekit.losses import TEACHER, LossInputs, losses_need
         from prunekit.mixture import expert_dir
         from prunekit.shards import RowPrefetcher
         from prunekit.unet import physically_prune, round_mask, save_expert
@@ -358,10 +367,10 @@ class APTP:
                                        "macs_ratio": routing["macs_ratio"][i], "finetune_steps": 0}
         if members and cfg.iters > 0:
             registry = run.registry
-            parts_cfg = {"ddpm": {"weight": cfg.ddpm_weight}, "distill_output": {"weight": cfg.distill_weight}}
-            if cfg.block_distill:
-                parts_cfg["distill_block"] = {"weight": cfg.distill_weight}
-            losses = {k: registry.build("loss", {"name": k, **v}) for k, v in parts_cfg.items()}
+            losses = {k: registry.build("loss", {"name": k, **v}) for k, v in cfg.losses.items() if v is not None}
+            needs = losses_need(losses)
+            want_teacher = bool(needs & TEACHER)
+            want_blocks = bool(needs & {"block_outputs", "teacher_block_outputs"})
             engine_cfg = self._engine_config(cfg)
             encoded = self.encoded
             scheduler = self.pipeline.scheduler
@@ -378,9 +387,11 @@ class APTP:
             def loss_fn(model: Any, batch: dict[str, Any], step: int):
                 x0, cond, noise, t = batch["latents"], batch["cond"], batch["noise"], batch["timesteps"]
                 noisy = scheduler.add_noise(x0, noise, t)
-                with torch.no_grad(), capture_block_outputs(self.unet, cfg.block_distill) as teacher_blocks:
-                    teacher = self.unet(noisy, t, cond).sample
-                with capture_block_outputs(model, cfg.block_distill) as blocks:
+                teacher, teacher_blocks = None, []
+                if want_teacher:
+                    with torch.no_grad(), capture_block_outputs(self.unet, want_blocks) as teacher_blocks:
+                        teacher = self.unet(noisy, t, cond).sample
+                with capture_block_outputs(model, want_blocks) as blocks:
                     pred = model(noisy, t, cond).sample
                 inputs = LossInputs(pred=pred, noise=noise, latents=x0, timesteps=t, scheduler=scheduler,
                                     teacher_pred=teacher, block_outputs=blocks, teacher_block_outputs=teacher_blocks)

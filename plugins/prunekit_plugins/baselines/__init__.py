@@ -31,6 +31,7 @@ def prunekit_register_components(register) -> None:
     register("method", "uni_arch", UniArch, schema=UniArchConfig,
              doc="One learned architecture (single gated code, no router), fine-tuned on the whole dataset")
     register("router", "single_code", build_single_code_router, schema=SingleCodeRouterConfig,
+             provides=("trainable",),
              doc="One architecture code for every prompt (single-architecture models as one-expert mixtures)")
     register("prompt_encoder", "constant", ConstantPromptEncoder, schema=ConstantPromptEncoderConfig,
              doc="Encodes every prompt as the same zero vector (for models that do not route)")

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from prunekit.config import option
 from prunekit.encode_config import EncodeConfig
 from prunekit.evaluation import EvalConfig
-from prunekit_plugins.aptp.method import FinetuneStageConfig
+from prunekit_plugins.aptp.method import FINETUNE_INPUTS, FinetuneStageConfig
 from prunekit_plugins.baselines.single_expert import SingleArchitectureMethod
 
 
@@ -26,6 +26,7 @@ class NormFinetuneConfig(FinetuneStageConfig):
 @dataclass
 class NormConfig:
     requires: ClassVar[tuple[str, ...]] = ("model", "dataset", "budget")
+    loss_inputs: ClassVar[dict[str, frozenset[str]]] = {"method.finetune.losses": FINETUNE_INPUTS}
 
     normalize: Literal["layer_mean", "param_count", "none"] = option(
         "layer_mean", help="how unit L1 norms are made comparable across layers (see docs/baselines.md)")

@@ -38,14 +38,10 @@ class SingleArchitectureMethod(APTP):
         fine-tuning and export stages read; returns what APTP's ``route`` stage returns."""
         import json
 
-        from prunekit.unet import count_macs
-
-        h, w = self.latent_hw
         n = len(self.encoded)
         self.run_.on_main(lambda: self.run_.artifact("routing.json").write_text(
             json.dumps({"expert_of_sample": [0] * n, "masks": [mask.to(int).tolist()]})))
-        dense = count_macs(self.prunable, None, height=h, width=w, text_len=self.text_len)
-        macs = count_macs(self.prunable, mask, height=h, width=w, text_len=self.text_len)
+        dense, macs = self.budget.dense, self.budget.cost_of(mask)
         self.run_.log.info("architecture: %d of %d units, MACs ratio %.4f (target %.4f)",
                            int(mask.sum()), self.prunable.num_units, macs / dense, self.budget.target)
         return {"counts": [n], "macs": [macs], "macs_ratio": [macs / dense], "mean_macs_ratio": macs / dense,

@@ -15,7 +15,13 @@ from typing import Any, ClassVar, Literal
 from prunekit.config import option
 from prunekit.encode_config import EncodeConfig
 from prunekit.evaluation import EvalConfig
-from prunekit_plugins.aptp.method import APTPConfig, FinetuneStageConfig, PruneStageConfig
+from prunekit_plugins.aptp.method import (
+    FINETUNE_INPUTS,
+    PRUNE_INPUTS,
+    APTPConfig,
+    FinetuneStageConfig,
+    PruneStageConfig,
+)
 from prunekit_plugins.baselines.single_expert import SingleArchitectureMethod
 
 
@@ -35,6 +41,9 @@ class UniArchPruneConfig:
 @dataclass
 class UniArchConfig:
     requires: ClassVar[tuple[str, ...]] = ("model", "dataset", "gate", "budget", "losses")
+    # One code: trained with the pruning losses, but nothing to route (no code similarity or assignment).
+    loss_inputs: ClassVar[dict[str, frozenset[str]]] = {
+        "losses": PRUNE_INPUTS - {"code_similarity", "code_assignment"}, "method.finetune.losses": FINETUNE_INPUTS}
 
     prune: UniArchPruneConfig = field(default_factory=UniArchPruneConfig)
     finetune: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)

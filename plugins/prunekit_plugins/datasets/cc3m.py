@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prunekit.config import option
-from prunekit_plugins.datasets._images import DatasetError, ExistingFiles, MissingImageError, decode_image
+from prunekit_plugins.datasets._images import (
+    DatasetError,
+    ExistingFiles,
+    MissingImageError,
+    Rejects,
+    decode_image,
+)
 
 log = logging.getLogger("prunekit")
 
@@ -57,6 +63,35 @@ class Cc3mConfig:
                 problems.append("image_dir: required when format is 'tsv' (the folder of downloaded images)")
             problems.extend(_pattern_problems(self.image_pattern))
         return problems
+
+    def probe_samples(self) -> list[str]:
+        """``[]`` once a sample reads: TSV rows are read and images opened until the first readable
+        one (a few tens at most); for webdataset the first shards are indexed (at most four)."""
+        from itertools import islice
+
+        from prunekit_plugins.datasets._images import probe
+
+        rejects = Rejects()
+        if self.format == "webdataset":
+            def shard_samples() -> Any:
+                for shard in islice(shard_paths(self.root), 4):
+                    try:
+                        samples, incomplete = index_shard(shard, rejects)
+                    except DatasetError as exc:
+                        rejects.add("unreadable_shard", str(exc))
+                        continue
+                    rejects.counts["incomplete_sample"] += incomplete
+                    with open(shard, "rb") as f:
+                        for name, offset, size, caption in samples:
+                            f.seek(offset)
+                            yield f"{shard}:{name}", caption, f.read(size)
+
+            return probe(shard_samples(), f"CC3M webdataset shards {self.root}", rejects=rejects)
+        pattern = self.image_pattern
+        tsv_rows = read_tsv_captions(Path(self.root), self.caption_column, rejects)
+        samples = ((f"{Path(self.image_dir) / pattern.format(index=i, shard=i // SHARD_SIZE)} (TSV row {i})", caption,
+                    Path(self.image_dir) / pattern.format(index=i, shard=i // SHARD_SIZE)) for i, caption in tsv_rows)
+        return probe(samples, f"CC3M TSV {self.root} with images in {self.image_dir}", rejects=rejects)
 
     def preflight(self) -> list[str]:
         if self.format == "webdataset":
@@ -99,13 +134,23 @@ def shard_paths(spec: str) -> list[Path]:
 # -- tsv -----------------------------------------------------------------------------------------
 
 
-def read_tsv_captions(path: Path, caption_column: str) -> Any:
+def read_tsv_captions(path: Path, caption_column: str, rejects: Rejects | None = None) -> Any:
     """Yield ``(index, caption)`` per data row; a first row with a ``caption_column`` field and
-    no URL is a header, otherwise the caption is the first column (the official layout)."""
-    with open(path, encoding="utf-8", newline="") as f:
+    no URL is a header, otherwise the caption is the first column (the official layout). With
+    ``rejects``, a row that is not UTF-8 or lacks the caption column is skipped and counted there as
+    ``bad_metadata`` (it keeps its index: images are named by data-row index)."""
+    with open(path, "rb") as f:
         column, index = 0, 0
-        for n, line in enumerate(f):
-            line = line.rstrip("\r\n")
+        for n, raw in enumerate(f):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                if rejects is None:
+                    raise DatasetError(f"{path}:{n + 1}: not UTF-8 ({exc.reason})") from None
+                if raw.strip():
+                    rejects.add("bad_metadata", f"{path}:{n + 1}: not UTF-8 ({exc.reason})")
+                    index += 1
+                continue
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -115,8 +160,13 @@ def read_tsv_captions(path: Path, caption_column: str) -> Any:
                     column = names.index(caption_column.lower())
                     continue
             if column >= len(fields):
-                raise DatasetError(f"{path}:{n + 1}: expected a {caption_column!r} column (#{column + 1}), "
-                                 f"found {len(fields)} field(s)")
+                problem = (f"{path}:{n + 1}: expected a {caption_column!r} column (#{column + 1}), "
+                           f"found {len(fields)} field(s)")
+                if rejects is None:
+                    raise DatasetError(problem)
+                rejects.add("bad_metadata", problem)
+                index += 1
+                continue
             yield index, fields[column].strip()
             index += 1
 
@@ -126,28 +176,36 @@ class Cc3mTsv:
         self.resolution = config.resolution
         self.image_dir = Path(config.image_dir)
         self.image_pattern = config.image_pattern
+        self.root = Path(config.root)
         existing = ExistingFiles()
+        rejects = Rejects()
         self.prompts: list[str] = []
         # TSV data-row index of each sample; paths are rebuilt on access (3M Path objects are ~1 GB)
         self.rows = array("q")
         seen = 0
-        for index, caption in read_tsv_captions(Path(config.root), config.caption_column):
+        for index, caption in read_tsv_captions(self.root, config.caption_column, rejects):
             seen += 1
-            if self.file(index) not in existing:
+            path = self.file(index)
+            if path not in existing:
+                rejects.add("missing_file", f"{path} (TSV row {index}) not downloaded")
                 continue
             self.prompts.append(caption)
             self.rows.append(index)
             if config.limit and len(self.rows) >= config.limit:
                 break
-        self.skipped = seen - len(self.rows)
-        self.rejected = {"missing_file": self.skipped} if self.skipped else {}
-        self.rejected_examples: list[str] = []
+        missing = rejects.counts["missing_file"]
+        self.skipped = len(rejects)
+        self.rejected, self.rejected_examples = dict(rejects.counts), rejects.examples
         if not self.rows:
+            if not seen:
+                raise DatasetError(f"CC3M: {config.root} holds no readable row ({', '.join(rejects.examples[:1]) or 'empty'})")
             raise DatasetError(f"CC3M: none of the {seen} rows of {config.root} has an image under "
                                f"{self.image_dir} (first expected {self.file(0)}); check dataset.image_dir and dataset.image_pattern")
-        if self.skipped:
+        if missing:
             log.warning("CC3M: skipped %d of %d rows of %s whose image is missing under %s",
-                        self.skipped, seen, config.root, self.image_dir)
+                        missing, seen, config.root, self.image_dir)
+        if rejects.counts["bad_metadata"]:
+            log.warning("CC3M: skipped %d unreadable rows of %s", rejects.counts["bad_metadata"], config.root)
         log.info("CC3M: %d samples from %s", len(self.rows), config.root)
 
     def file(self, row: int) -> Path:
@@ -156,6 +214,9 @@ class Cc3mTsv:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def where(self, index: int) -> str:
+        return f"{self.file(self.rows[index])} (TSV row {self.rows[index]} of {self.root})"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.file(self.rows[index])
@@ -177,24 +238,29 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), (dot + ext).lower()
 
 
-def _caption(ext: str, data: bytes, where: str) -> str | None:
-    text = data.decode("utf-8", errors="replace")
+def _caption(ext: str, data: bytes) -> tuple[str | None, str]:
+    """``(caption, "")`` from a ``.txt`` or ``.json`` member, or ``(None, why not)``."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 ({exc.reason})"
     if ext == ".txt":
-        return text.strip()
+        return text.strip(), ""
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
-        log.warning("CC3M: %s is not valid JSON; sample skipped", where)
-        return None
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc.msg})"
     caption = value.get("caption") if isinstance(value, dict) else None
-    return caption.strip() if isinstance(caption, str) else None
+    return (caption.strip(), "") if isinstance(caption, str) else (None, "no 'caption' string")
 
 
-def index_shard(path: Path) -> tuple[list[tuple[str, int, int, str]], int]:
+def index_shard(path: Path, rejects: Rejects | None = None) -> tuple[list[tuple[str, int, int, str]], int]:
     """``([(key, image offset, image size, caption), ...], incomplete)`` in member order; samples
-    lacking an image or a caption are counted as incomplete."""
+    lacking an image or a caption are counted as incomplete, or, given ``rejects``, samples whose
+    only caption member cannot be read (not UTF-8, not JSON, no caption) as ``bad_metadata`` there."""
     images: dict[str, tuple[str, int, int]] = {}
     captions: dict[str, tuple[str, str]] = {}  # key -> (ext, caption); .txt wins over .json
+    unreadable: dict[str, str] = {}  # key -> why its caption member could not be read
     order: list[str] = []
     try:
         with tarfile.open(path, mode="r:") as tar:
@@ -202,20 +268,28 @@ def index_shard(path: Path) -> tuple[list[tuple[str, int, int, str]], int]:
                 if not member.isfile():
                     continue
                 key, ext = _split_key(member.name)
-                if key not in images and key not in captions:
+                if key not in images and key not in captions and key not in unreadable:
                     order.append(key)
                 if ext in IMAGE_EXTS:
                     images.setdefault(key, (member.name, member.offset_data, member.size))
                 elif ext in (".txt", ".json") and captions.get(key, ("",))[0] != ".txt":
                     data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    caption = _caption(ext, data, f"{path}:{member.name}")
+                    caption, problem = _caption(ext, data)
                     if caption is not None:
                         captions[key] = (ext, caption)
+                    else:
+                        unreadable.setdefault(key, f"{path}:{member.name}: {problem}")
     except tarfile.ReadError as exc:
         raise DatasetError(f"CC3M shard {path}: not an uncompressed tar archive ({exc})") from exc
     samples = [(images[k][0], images[k][1], images[k][2], captions[k][1])
                for k in order if k in images and k in captions]
-    return samples, len(order) - len(samples)
+    incomplete = len(order) - len(samples)
+    if rejects is not None:
+        for k in order:
+            if k in unreadable and k not in captions:
+                rejects.add("bad_metadata", unreadable[k])
+                incomplete -= 1
+    return samples, incomplete
 
 
 class Cc3mWebDataset:
@@ -230,8 +304,9 @@ class Cc3mWebDataset:
         self.names: list[str] = []
         self.prompts: list[str] = []
         incomplete = 0
+        rejects = Rejects()
         for s, shard in enumerate(self.shards):
-            samples, bad = index_shard(shard)
+            samples, bad = index_shard(shard, rejects)
             incomplete += bad
             for name, offset, size, caption in samples:
                 self.shard_of.append(s)
@@ -243,11 +318,14 @@ class Cc3mWebDataset:
                 n = config.limit
                 del self.shard_of[n:], self.names[n:], self.offsets[n:], self.sizes[n:], self.prompts[n:]
                 break
-        self.skipped = incomplete
-        self.rejected = {"incomplete_sample": incomplete} if incomplete else {}
-        self.rejected_examples = []
+        self.skipped = incomplete + len(rejects)
+        self.rejected = {"incomplete_sample": incomplete, **rejects.counts} if incomplete else dict(rejects.counts)
+        self.rejected_examples = rejects.examples
         if incomplete:
             log.warning("CC3M: skipped %d incomplete samples (no image or no caption) in %s", incomplete, config.root)
+        if rejects:
+            log.warning("CC3M: skipped %d samples whose caption cannot be read in %s; first: %s", len(rejects),
+                        config.root, rejects.examples[0])
         log.info("CC3M: %d samples from %d shard(s) in %s", len(self.prompts), len(self.shards), config.root)
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
@@ -289,8 +367,11 @@ class Cc3mWebDataset:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def where(self, index: int) -> str:
+        return f"{self.shards[self.shard_of[index]]}:{self.names[index]}"
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        where = f"{self.shards[self.shard_of[index]]}:{self.names[index]}"
+        where = self.where(index)
         image = decode_image(self.read_bytes(index), self.resolution, where)
         return {"prompt": self.prompts[index], "image": image}
 

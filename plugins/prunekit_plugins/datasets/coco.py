@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.config import option
-from prunekit_plugins.datasets._images import DatasetError, MissingImageError, decode_image
+from prunekit_plugins.datasets._images import DatasetError, MissingImageError, Rejects, decode_image
 
 
 @dataclass
@@ -38,19 +38,47 @@ class CocoConfig:
             problems.append(f"COCO image folder {self.root} not found (set dataset.root=DIR)")
         return problems
 
+    def probe_samples(self) -> list[str]:
+        """``[]`` once a caption's image reads (the annotations are parsed once: about a second for
+        COCO's 414k captions; images are opened until the first readable one, a few tens at most)."""
+        from prunekit_plugins.datasets._images import probe
 
-def read_captions(path: Path) -> tuple[dict[int, str], list[tuple[int, int, str]]]:
+        rejects = Rejects()
+        try:
+            files, rows = read_captions(Path(self.annotations), rejects)
+        except DatasetError as exc:
+            return [str(exc)]
+        samples = ((f"{self.annotations} annotation {a} ({files[i]})", caption, Path(self.root) / files[i])
+                   for a, i, caption in rows)
+        return probe(samples, f"COCO data {self.annotations} with images in {self.root}", rejects=rejects)
+
+
+def read_captions(path: Path, rejects: Rejects | None = None) -> tuple[dict[int, str], list[tuple[int, int, str]]]:
     """``({image_id: file_name}, [(annotation_id, image_id, caption), ...])`` sorted by annotation
-    id, captions stripped; errors name the file and the offending entry."""
+    id, captions stripped; errors name the file and the offending entry. With ``rejects``, an
+    annotation lacking ``id``/``image_id``/``caption`` (or whose caption is not a string) is skipped
+    and counted there as ``bad_metadata`` instead of stopping."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise DatasetError(f"{path}: not a COCO captions file (needs 'images' and 'annotations' lists)")
     try:
         files = {int(im["id"]): str(im["file_name"]) for im in data["images"]}
-        rows = [(int(a["id"]), int(a["image_id"]), str(a["caption"]).strip()) for a in data["annotations"]]
+        rows = []
+        for n, a in enumerate(data["annotations"]):
+            try:
+                if not isinstance(a["caption"], str):
+                    raise TypeError(f"caption is {type(a['caption']).__name__}, not a string")
+                rows.append((int(a["id"]), int(a["image_id"]), a["caption"].strip()))
+            except (KeyError, TypeError, ValueError) as exc:
+                if rejects is None:
+                    raise
+                rejects.add("bad_metadata", f"{path}: annotations[{n}] is malformed ({exc!r}): "
+                                            f"{json.dumps(a)[:200]}")
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetError(
             f"{path}: malformed entry ({exc!r}); images need 'id' and 'file_name', "
@@ -68,7 +96,9 @@ class Coco:
         self.root = Path(config.root)
         self.annotations = Path(config.annotations)
         self.resolution = config.resolution
-        files, rows = read_captions(self.annotations)
+        rejects = Rejects()
+        files, rows = read_captions(self.annotations, rejects)
+        self.rejected, self.rejected_examples = dict(rejects.counts), rejects.examples
         if config.one_caption_per_image:
             by_image: dict[int, list[str]] = {}
             for _, image_id, caption in rows:  # annotation-id order within an image
@@ -85,6 +115,10 @@ class Coco:
 
     def file(self, index: int) -> Path:
         return self.root / self.file_names[self.image_ids[index]]
+
+    def where(self, index: int) -> str:
+        """What a skip message names for sample ``index``: its image and annotation file."""
+        return f"{self.file(index)} (image_id {self.image_ids[index]} in {self.annotations})"
 
     def __len__(self) -> int:
         return len(self.prompts)

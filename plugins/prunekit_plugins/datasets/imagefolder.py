@@ -19,10 +19,47 @@ class ImageFolderConfig:
     limit: int = option(0, ge=0, help="use only the first N samples (0 = all)")
 
     def preflight(self) -> list[str]:
+        if not Path(self.root).is_dir():
+            return [f"dataset folder {self.root} does not exist (set dataset.root=DIR)"]
         meta = Path(self.root) / "metadata.jsonl"
         if not meta.is_file():
             return [f"dataset folder {self.root} has no metadata.jsonl (set dataset.root=DIR)"]
         return []
+
+    def probe_samples(self) -> list[str]:
+        """``[]`` once a line of metadata.jsonl names a readable image with a caption (lines read
+        and images opened until the first such one, at most a few tens)."""
+        from prunekit_plugins.datasets._images import probe
+
+        meta = Path(self.root) / "metadata.jsonl"
+
+        def samples() -> Any:
+            with open(meta, "rb") as f:
+                for n, raw in enumerate(f, 1):
+                    if not raw.strip():
+                        continue
+                    row, problem = parse_line(raw, self.image_column, self.caption_column)
+                    if row is None:
+                        yield f"{meta}:{n}: {problem}", None, None
+                    else:
+                        yield f"{meta}:{n} ({row[0]})", row[1], Path(self.root) / row[0]
+
+        return probe(samples(), f"dataset folder {self.root}")
+
+
+def parse_line(raw: bytes, image_column: str, caption_column: str) -> tuple[tuple[str, str] | None, str]:
+    """``((file name, caption), "")`` from one metadata.jsonl line, or ``(None, why not)``."""
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON ({exc.msg})"
+    if not isinstance(row, dict) or image_column not in row or caption_column not in row:
+        return None, f"needs keys {image_column!r} and {caption_column!r}"
+    if not isinstance(row[image_column], str) or not isinstance(row[caption_column], str):
+        return None, f"{image_column!r} and {caption_column!r} must be strings"
+    return (row[image_column], row[caption_column]), ""
 
 
 def load_image(path: Path, resolution: int) -> Any:
@@ -45,36 +82,36 @@ def load_image(path: Path, resolution: int) -> Any:
 
 class ImageFolder:
     """Rows of ``metadata.jsonl``. A line that is not UTF-8, not JSON or lacks the image or caption key
-    is rejected (counted by reason in ``rejected``, the first lines named in ``rejected_examples``),
-    not fatal; unreadable images are skipped when the encode stage loads them."""
+    (or holds no string there) is rejected (counted by reason in ``rejected``, the first lines named in
+    ``rejected_examples``), not fatal; unreadable images and empty captions are skipped when the encode
+    stage loads them."""
 
     def __init__(self, config: ImageFolderConfig) -> None:
         self.root = Path(config.root)
         self.resolution = config.resolution
-        meta = self.root / "metadata.jsonl"
+        self.meta = meta = self.root / "metadata.jsonl"
         problems: list[str] = []
         rows = []
-        for n, raw in enumerate(meta.read_bytes().splitlines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                problems.append(f"{meta}:{n}: not UTF-8")
-                continue
-            except json.JSONDecodeError as exc:
-                problems.append(f"{meta}:{n}: not JSON ({exc.msg})")
-                continue
-            if not isinstance(row, dict) or config.image_column not in row or config.caption_column not in row:
-                problems.append(f"{meta}:{n}: needs keys {config.image_column!r} and {config.caption_column!r}")
-                continue
-            rows.append((row[config.image_column], str(row[config.caption_column])))
+        with open(meta, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                row, problem = parse_line(raw, config.image_column, config.caption_column)
+                if row is None:
+                    problems.append(f"{meta}:{n}: {problem}")
+                    continue
+                rows.append((row[0], row[1], n))
         self.rejected = {"bad_metadata": len(problems)} if problems else {}
         self.rejected_examples = problems[:5]
         if config.limit:
             rows = rows[: config.limit]
-        self.files = [self.root / f for f, _ in rows]
-        self.prompts = [c for _, c in rows]
+        self.files = [self.root / f for f, _, _ in rows]
+        self.prompts = [c for _, c, _ in rows]
+        self.lines = [n for _, _, n in rows]  # metadata.jsonl line of each sample, for messages
+
+    def where(self, index: int) -> str:
+        """The metadata.jsonl line of sample ``index`` (what a skip message names)."""
+        return f"{self.meta}:{self.lines[index]}"
 
     def __len__(self) -> int:
         return len(self.files)
@@ -84,9 +121,9 @@ class ImageFolder:
 
         path = self.files[index]
         try:
-            image = decode_image(path, self.resolution, str(path))
+            image = decode_image(path, self.resolution, f"{path} ({self.where(index)})")
         except FileNotFoundError:
-            raise MissingImageError(f"image {path} listed in {self.root / 'metadata.jsonl'} not found") from None
+            raise MissingImageError(f"image {path} listed at {self.where(index)} not found") from None
         return {"prompt": self.prompts[index], "image": image}
 
 

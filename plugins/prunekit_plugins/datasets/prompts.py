@@ -25,10 +25,53 @@ class PromptsConfig:
             return [f"prompt file {self.file} does not exist (set dataset.file=PATH)"]
         return []
 
+    def probe_samples(self) -> list[str]:
+        """``[]`` when there is at least one usable (decodable, non-empty) prompt."""
+        prompts, rejected, examples = read_prompts(self)
+        if prompts:
+            return []
+        where = f"prompt file {self.file}" if self.file else "dataset.items"
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
+        return [f"{where} holds no usable prompt" + (f" ({reasons}); first: {examples[0]}" if examples else "")]
+
+
+def read_prompts(config: PromptsConfig) -> tuple[list[str], dict[str, int], list[str]]:
+    """``(prompts, rejected counts by reason, first rejected lines)``. Blank lines of a file are
+    layout and ignored; a line that is not UTF-8 is ``bad_metadata``; an empty inline item is
+    ``empty_caption``."""
+    rejected: dict[str, int] = {}
+    examples: list[str] = []
+
+    def reject(reason: str, detail: str) -> None:
+        rejected[reason] = rejected.get(reason, 0) + 1
+        if len(examples) < 5:
+            examples.append(detail)
+
+    prompts: list[str] = []
+    if config.file:
+        for n, raw in enumerate(Path(config.file).read_bytes().split(b"\n"), 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                reject("bad_metadata", f"{config.file}:{n}: not UTF-8 ({exc.reason})")
+                continue
+            if line:
+                prompts.append(line)
+    else:
+        for n, item in enumerate(config.items):
+            if str(item).strip():
+                prompts.append(str(item))
+            else:
+                reject("empty_caption", f"dataset.items[{n}]: empty prompt")
+    return prompts, rejected, examples
+
 
 class PromptList:
-    def __init__(self, prompts: list[str]) -> None:
+    def __init__(self, prompts: list[str], rejected: dict[str, int] | None = None,
+                 rejected_examples: list[str] | None = None) -> None:
         self.prompts = prompts
+        self.rejected = dict(rejected or {})  # dropped while reading, by reason (see read_prompts)
+        self.rejected_examples = list(rejected_examples or [])
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -38,9 +81,7 @@ class PromptList:
 
 
 def build_prompts(config: PromptsConfig) -> PromptList:
-    prompts = list(config.items)
-    if config.file:
-        prompts = [line.strip() for line in Path(config.file).read_text().splitlines() if line.strip()]
+    prompts, rejected, examples = read_prompts(config)
     if config.limit:
         prompts = prompts[: config.limit]
-    return PromptList(prompts)
+    return PromptList(prompts, rejected, examples)

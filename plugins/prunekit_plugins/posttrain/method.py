@@ -105,7 +105,24 @@ class PosttrainMethod:
         if rule.statistic is None:
             return None
         wanted = self.config.calibration.prompts  # type: ignore[attr-defined]
-        prompts = list(run.build("dataset").prompts)[:wanted]
+        dataset = run.build("dataset")
+        # Empty captions are no calibration input: skipped, counted with what the dataset rejected.
+        prompts: list[str] = []
+        empty = 0
+        for prompt in dataset.prompts:
+            if len(prompts) >= wanted:
+                break
+            if isinstance(prompt, str) and prompt.strip():
+                prompts.append(prompt)
+            else:
+                empty += 1
+        skipped = {**(getattr(dataset, "rejected", None) or {})}
+        if empty:
+            skipped["empty_caption"] = skipped.get("empty_caption", 0) + empty
+        if skipped:
+            run.log.warning("calibration: skipped %s; first: %s", ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())),
+                            "; ".join(list(getattr(dataset, "rejected_examples", []))[:3]) or "an empty caption")
+            run.save_metrics(data={"calibration_prompts": len(prompts), "skipped": skipped})
         if len(prompts) < wanted:
             run.log.warning("calibration asks for %d prompts; the dataset has %d", wanted, len(prompts))
         if not prompts:

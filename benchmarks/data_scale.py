@@ -45,7 +45,7 @@ def child(n_captions: int, work: Path) -> dict[str, object]:
     overrides = ["dataset.name=coco", f"dataset.root={data['root']}", f"dataset.annotations={data['annotations']}",
                  "dataset.resolution=32", "method.encode.batch_size=64", "method.encode.shard_size=1024",
                  "method.prune.warmup_iters=3", "method.prune.iters=5", "method.finetune.iters=2",
-                 "method.eval.samples_per_expert=0", "engine.checkpoint_every=1000"]
+                 "eval.samples_per_expert=0", "engine.checkpoint_every=1000"]
     start = time.perf_counter()
     execute(load_recipe(SMOKE, overrides), get_registry(), output=work / "run", console_log=False)
     stages = json.loads((work / "run" / "stages.json").read_text())

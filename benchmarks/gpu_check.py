@@ -25,9 +25,9 @@ METHODS = {
     # steps per expert at 16, two experts; the report's sample grid at 2 sampler steps.
     "aptp": ["recipes/tiny/aptp_smoke.yaml", "router.num_codes=2", "method.prune.warmup_iters=3",
              "method.prune.iters=5", "method.prune.micro_batch=64", "method.finetune.iters=3",
-             "method.finetune.micro_batch=16", "method.eval.samples_per_expert=1", "method.eval.steps=2"],
+             "method.finetune.micro_batch=16", "eval.samples_per_expert=1", "eval.steps=2"],
     "norm": ["recipes/tiny/norm.yaml", "method.finetune.iters=3", "method.finetune.micro_batch=16",
-             "method.eval.samples_per_expert=1", "method.eval.steps=2"],
+             "eval.samples_per_expert=1", "eval.steps=2"],
     "dense_finetune": ["recipes/tiny/dense_finetune.yaml", "method.steps=5", "method.warmup_steps=1",
                        "engine.micro_batch=16"],
 }

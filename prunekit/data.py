@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from prunekit.encode_config import EncodeConfig
+from prunekit.run_files import ENCODED
 
 if TYPE_CHECKING:  # torch is imported where it is used: preflight_data serves `prunekit validate`
     import torch
@@ -69,7 +70,7 @@ def sd_batch_encoder(pipeline: Any, prompt_encoder: Any = None) -> Callable[[lis
 
 
 def encode_stage(run: Any, pipeline: Any, config: EncodeConfig, *, prompt_encoder: Any = None,
-                 folder: str = "encoded") -> dict[str, Any]:
+                 folder: str = ENCODED) -> dict[str, Any]:
     """The ``encode`` stage of a training method: the recipe's dataset into shards under
     ``artifacts/<folder>`` (split over ranks, resumable); unreadable samples are skipped, counted in
     ``metrics.json`` under ``data``, and stop the run beyond ``config.max_skipped_fraction``."""
@@ -102,7 +103,7 @@ def encode_stage(run: Any, pipeline: Any, config: EncodeConfig, *, prompt_encode
             "seconds": round(seconds, 3), "bytes_per_sample": round(disk / max(1, index["samples"]), 1)}
 
 
-def open_encoded(run: Any, folder: str = "encoded") -> Any:
+def open_encoded(run: Any, folder: str = ENCODED) -> Any:
     """The encoded dataset of a run (rows read lazily from its shards)."""
     from prunekit.shards import EncodedShards
 
@@ -174,14 +175,14 @@ def preflight_data(recipe_data: Mapping[str, Any], registry: Any) -> list[str]:
     """What ``prunekit validate`` says about the data a recipe names, on this machine, one line per
     problem: a dataset path that does not exist (the schema's ``preflight()``), else data that holds
     no readable sample (its ``probe_samples()``: metadata read and images opened until the first
-    readable sample, a few tens at most). Covers ``dataset`` and ``method.eval.dataset``; never
+    readable sample, a few tens at most). Covers ``dataset`` and ``eval.dataset``; never
     imports torch."""
     from prunekit.config import instantiate_schema, validate_options
 
     sections = [("dataset", recipe_data.get("dataset"))]
-    eval_section = ((recipe_data.get("method") or {}).get("eval") or {}).get("dataset")
+    eval_section = (recipe_data.get("eval") or {}).get("dataset")
     if eval_section and eval_section != recipe_data.get("dataset"):
-        sections.append(("method.eval.dataset", eval_section))
+        sections.append(("eval.dataset", eval_section))
     problems: list[str] = []
     for where, section in sections:
         if not isinstance(section, Mapping):
@@ -195,7 +196,7 @@ def preflight_data(recipe_data: Mapping[str, Any], registry: Any) -> list[str]:
         if component is None or component.schema is None:
             continue
         options = {k: v for k, v in section.items() if k != "name"}
-        if where != "dataset":  # the recipe checks do not look inside method.eval.dataset
+        if where != "dataset":  # the recipe checks do not look inside eval.dataset
             invalid = validate_options(component.schema, options, where)
             if invalid:
                 problems.extend(invalid)

@@ -9,7 +9,9 @@ Hooks are grouped by the phase of a run in which they are called:
 
 1. registration — once, when the registry is built (``prunekit plugins``, ``validate``, ``run``);
 2. recipe — after a recipe is loaded and merged, before anything heavy is imported;
-3. run — while ``prunekit run`` executes a method's stages.
+3. run — while ``prunekit run`` executes a method's stages;
+4. report — when ``report.html`` of a run that deployed a mixture is built (at the end of the run, by
+   ``prunekit eval`` and by ``prunekit report``).
 
 Every hook here is documented in CONTRIBUTING.md and exercised by ``tests/test_hooks.py``.
 """
@@ -21,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from prunekit.registry import Register
+    from prunekit.report.sections import ReportSection
     from prunekit.run import Run
 
 PROJECT = "prunekit"
@@ -76,3 +81,19 @@ def prunekit_stage_end(run: Run, stage: str, result: dict[str, Any]) -> None:
 @hookspec
 def prunekit_run_end(run: Run, metrics: dict[str, Any]) -> None:
     """Called after the last stage, once ``metrics.json`` has been written."""
+
+
+# --- 4. report --------------------------------------------------------------------------------
+
+
+@hookspec
+def prunekit_report_sections(run_dir: Path, report: dict[str, Any]) -> list[ReportSection] | None:
+    """Return sections to add to a run's ``report.html`` (:class:`prunekit.report.ReportSection`).
+
+    ``run_dir`` is the run directory (read its files through :mod:`prunekit.run_files`); ``report``
+    the data of the core sections (:func:`prunekit.report.collect`: ``metrics``, ``stages``,
+    ``manifest``, ``histories`` — every ``artifacts/<name>_history.json`` by name — ...). Called with
+    the run directory alone (``prunekit report`` has no run object), so a section must be rebuilt from
+    files. Each section says which section it follows (``after``); return nothing for a run it does
+    not concern.
+    """

@@ -35,8 +35,9 @@ EXTEND_KEY = "base"
 
 def _core_sections() -> dict[str, type]:
     from prunekit.engine_config import EngineConfig
+    from prunekit.eval_config import EvalConfig
 
-    return {"engine": EngineConfig}
+    return {"engine": EngineConfig, "eval": EvalConfig}
 
 
 def known_top_level_keys() -> list[str]:
@@ -125,8 +126,8 @@ def _merge(base: Any, child: Any) -> Any:
 
     for key in SINGLE_SECTIONS:
         replace_if_renamed(base, child, key)
-    # The same inside a method: its eval split (method.eval.dataset) is a component section too.
-    old_eval, new_eval = (OmegaConf.select(n, "method.eval") if "method" in n else None for n in (base, child))
+    # The same inside the eval section: its split (eval.dataset) is a component section too.
+    old_eval, new_eval = (n.get("eval") if "eval" in n else None for n in (base, child))
     if isinstance(old_eval, DictConfig) and isinstance(new_eval, DictConfig):
         replace_if_renamed(old_eval, new_eval, "dataset")
     return OmegaConf.merge(base, child)
@@ -191,7 +192,12 @@ def validate_data(data: Mapping[str, Any], registry: Registry) -> list[str]:
 
     for key, kind in SINGLE_SECTIONS.items():
         if key in data and data[key] is not None:
-            problems.extend(_validate_component(registry, kind, data[key], key))
+            section = data[key]
+            if key == "method" and isinstance(section, Mapping) and "eval" in section:
+                problems.append("method.eval: the evaluation settings are the top-level eval: section now "
+                                "(e.g. eval.prompts=1000 instead of method.eval.prompts=1000)")
+                section = {k: v for k, v in section.items() if k != "eval"}
+            problems.extend(_validate_component(registry, kind, section, key))
     for key, kind in MULTI_SECTIONS.items():
         section = data.get(key)
         if section is None:

@@ -1,4 +1,5 @@
-"""``prunekit run``: preflight checks, the run directory, then the method's stages."""
+"""``prunekit run``: preflight checks, the run directory, the method's stages, then what the core does
+with what the method deployed (:mod:`prunekit.deployable`: the ``evaluate`` stage and the report)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.config import instantiate_schema
+from prunekit.console import quiet_libraries
+from prunekit.deployable import finish_deployed, take_deployable
 from prunekit.errors import MissingPathError, PeerRankError, PrunekitError, RunFailedError
 from prunekit.recipe import SINGLE_SECTIONS, Recipe
 from prunekit.registry import Registry
@@ -25,7 +28,7 @@ def preflight(recipe: Recipe, registry: Registry) -> list[str]:
             continue
         options = {k: v for k, v in section.items() if k != "name"}
         problems.extend(instantiate_schema(component.schema, options).preflight() or [])
-    from prunekit.evaluation import preflight_metrics
+    from prunekit.evaluation.config import preflight_metrics
 
     problems.extend(preflight_metrics(recipe.data, registry))
     engine = recipe.data.get("engine") or {}
@@ -79,6 +82,9 @@ def execute(
         _seed_everything(int(recipe.data.get("seed", 0)))
         method = registry.build("method", recipe.data["method"])
         metrics = dict(method.run(run) or {})
+        deployable = take_deployable(metrics)
+        if deployable is not None:  # evaluate stage (when the recipe has metrics:), metrics.json, report
+            finish_deployed(run, metrics, deployable)
         run.save_metrics(**metrics)
         registry.hook.prunekit_run_end(run=run, metrics=run.metrics)
         run.log.info("run complete: %s", run.dir)
@@ -104,25 +110,6 @@ def execute(
     except OSError as exc:  # completed only if run.json can say so; close() recorded it failed if it could
         raise RunFailedError(failure_reason(exc, run.dir)) from exc
     return run, run.metrics
-
-
-def quiet_libraries() -> None:
-    """Our log and progress bars are the interface; library chatter goes to the log file only."""
-    import os
-
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import diffusers
-    import huggingface_hub
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-    diffusers.utils.logging.disable_progress_bar()
 
 
 def _seed_everything(seed: int) -> None:

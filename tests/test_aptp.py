@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,20 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO
-
-from prunekit.recipe import load_recipe
-from prunekit.registry import get_registry
-from prunekit.runner import execute
-
-SMOKE = REPO / "recipes" / "tiny" / "aptp_smoke.yaml"
+from helpers import REPO, SMOKE, kill_at_checkpoint, run_recipe
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("aptp") / "run"
-    recipe = load_recipe(SMOKE, ["engine.zero_stage=2"])
-    run, metrics = execute(recipe, get_registry(), output=out, console_log=False)
+    run, metrics = run_recipe(SMOKE, ["engine.zero_stage=2"], output=out)
     return out, metrics
 
 
@@ -91,9 +83,8 @@ def _history(out: Path, phase: str) -> list[dict]:
 def test_training_assignments_balanced_with_ot_and_not_without(tmp_path):
     used = {}
     for ot in (True, False):
-        recipe = load_recipe(SMOKE, [f"router.optimal_transport={ot}", "method.finetune.iters=0",
-                                     "method.prune.iters=12", "method.prune.warmup_iters=0"])
-        execute(recipe, get_registry(), output=tmp_path / f"run_{ot}", console_log=False)
+        run_recipe(SMOKE, [f"router.optimal_transport={ot}", "method.finetune.iters=0",
+                           "method.prune.iters=12", "method.prune.warmup_iters=0"], output=tmp_path / f"run_{ot}")
         used[ot] = [h["codes_used"] for h in _history(tmp_path / f"run_{ot}", "joint")]
     # 3 Sinkhorn iterations (the paper's setting) give near-equipartition: 3-4 of 4 codes per batch of 8
     assert min(used[True]) >= 3 and np.mean(used[True]) >= 3.25, used[True]
@@ -102,10 +93,10 @@ def test_training_assignments_balanced_with_ot_and_not_without(tmp_path):
 
 
 def test_resource_loss_drives_the_exported_mixture_to_the_target(tmp_path):
-    recipe = load_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=30", "method.prune.lr=0.05",
-                                 "method.prune.iters=30", "method.prune.lr_cooldown=10", "router.init_logit=1.0", "engine.micro_batch=32",
-                                 "method.finetune.iters=0", "dataset.size=128", "losses.contrastive=null"])
-    run, metrics = execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
+    run, metrics = run_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=30", "method.prune.lr=0.05",
+                                      "method.prune.iters=30", "method.prune.lr_cooldown=10", "router.init_logit=1.0",
+                                      "engine.micro_batch=32", "method.finetune.iters=0", "dataset.size=128",
+                                      "losses.contrastive=null"], output=tmp_path / "run")
     ratios = [h["macs_deployed"] for h in _history(tmp_path / "run", "warmup")]
     assert ratios[0] > 0.95  # starts dense
     # charged on the hard masks, the budget holds for the architectures that are exported
@@ -115,10 +106,10 @@ def test_resource_loss_drives_the_exported_mixture_to_the_target(tmp_path):
 def test_sampled_budget_leaves_the_exported_masks_dense(tmp_path):
     """The paper's literal eq. 15 charges the noisy gates: their mean falls to the target while most
     logits stay positive, so the thresholded experts keep far more than the budget."""
-    recipe = load_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=30", "method.prune.lr=0.01",
-                                 "method.prune.iters=150", "method.prune.budget_on=sampled", "engine.micro_batch=32",
-                                 "method.finetune.iters=0", "dataset.size=128", "losses.contrastive=null"])
-    run, metrics = execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
+    run, metrics = run_recipe(SMOKE, ["budget.target=0.6", "method.prune.warmup_iters=30", "method.prune.lr=0.01",
+                                      "method.prune.iters=150", "method.prune.budget_on=sampled", "engine.micro_batch=32",
+                                      "method.finetune.iters=0", "dataset.size=128", "losses.contrastive=null"],
+                              output=tmp_path / "run")
     sampled = [h["macs_ratio"] for h in _history(tmp_path / "run", "joint")]
     assert abs(np.mean(sampled[-10:]) - 0.6) < 0.03
     assert metrics["routing"]["mean_macs_ratio"] > 0.75, metrics["routing"]
@@ -129,19 +120,14 @@ def test_kill_and_resume_gives_the_same_final_state(tmp_path):
     args = ["method.prune.iters=60", "method.prune.warmup_iters=4", "engine.checkpoint_every=10",
             "method.finetune.iters=2"]
     full = tmp_path / "full"
-    execute(load_recipe(SMOKE, args), get_registry(), output=full, console_log=False)
+    run_recipe(SMOKE, args, output=full)
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "prunekit", "run", str(SMOKE), "--output", str(killed), "-q", *args]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     latest = killed / "checkpoints" / "prune_joint" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.read_text().strip() in ("step_20", "step_30"):
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
+    kill_at_checkpoint(proc, latest, ("step_20", "step_30"), deadline=time.time() + 300)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     resumed = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

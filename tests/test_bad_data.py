@@ -97,10 +97,10 @@ def test_validate_reports_a_missing_root_and_a_folder_without_a_readable_sample(
     # The eval split is checked as well, its keys named as they are set.
     code, err = validate(capsys, SMOKE, *imagefolder, f"dataset.root={root}", "--no-data")
     assert code == 0 and err[-1].endswith("valid (method 'aptp')")
-    eval_split = f"method.eval.dataset={{name: imagefolder, root: {tmp_path / 'nowhere'}}}"
+    eval_split = f"eval.dataset={{name: imagefolder, root: {tmp_path / 'nowhere'}}}"
     code, err = validate(capsys, SMOKE, eval_split)
     assert code == 2 and err == [
-        f"error: dataset folder {tmp_path / 'nowhere'} does not exist (set method.eval.dataset.root=DIR)"]
+        f"error: dataset folder {tmp_path / 'nowhere'} does not exist (set eval.dataset.root=DIR)"]
 
 
 def test_validate_passes_a_mostly_good_folder_without_importing_torch(tmp_path):
@@ -161,7 +161,7 @@ def test_imagefolder_encode_skips_each_bad_kind_by_reason(tmp_path):
 
 def _run_args(root: Path) -> list[str]:
     return ["dataset.name=imagefolder", f"dataset.root={root}", "dataset.resolution=32", "method.prune.warmup_iters=1",
-            "method.prune.iters=1", "method.finetune.iters=0", "method.eval.samples_per_expert=0"]
+            "method.prune.iters=1", "method.finetune.iters=0", "eval.samples_per_expert=0"]
 
 
 def test_run_counts_in_metrics_names_the_first_few_in_the_log_and_stops_beyond_the_share(tmp_path, capsys):
@@ -195,9 +195,9 @@ def test_evaluation_reference_images_skip_bad_rows_count_them_and_stop_beyond_th
 
     root = bad_folder(tmp_path)
     registry = get_registry()
-    recipe = {"metrics": {"macs": {}}, "method": {"name": "dense_finetune", "eval": {
+    recipe = {"metrics": {"macs": {}}, "method": {"name": "dense_finetune"}, "eval": {
         "prompts": 0, "steps": 2, "teacher": False, "max_skipped_fraction": 0.5,
-        "dataset": {"name": "imagefolder", "root": str(root), "resolution": 16}}}}
+        "dataset": {"name": "imagefolder", "root": str(root), "resolution": 16}}}
     pipeline = registry.build("model", {"name": "tiny_random"})
     with caplog.at_level(logging.WARNING, logger="prunekit"):
         result = evaluate_pipeline(pipeline, recipe, registry)
@@ -212,13 +212,13 @@ def test_evaluation_reference_images_skip_bad_rows_count_them_and_stop_beyond_th
     metrics = merge_evaluation({}, result)  # what metrics.json holds
     assert metrics["evaluation"]["data"]["skipped"] == BAD_IMAGES
 
-    recipe["method"]["eval"]["max_skipped_fraction"] = 0.01
+    recipe["eval"]["max_skipped_fraction"] = 0.01
     with pytest.raises(PrunekitError) as err:
         evaluate_pipeline(pipeline, recipe, registry)
     message = str(err.value)
     assert "\n" not in message and message.startswith(
         "evaluate: 5 of 13 samples could not be used (empty_caption 1, missing_file 1, unreadable_image 3), "
-        "more than method.eval.max_skipped_fraction=0.01; first: ImageDecodeError: cannot decode image")
+        "more than eval.max_skipped_fraction=0.01; first: ImageDecodeError: cannot decode image")
 
 
 # -- the other plugins -----------------------------------------------------------------------------
@@ -376,8 +376,8 @@ def test_a_child_recipe_that_changes_the_eval_dataset_drops_the_old_ones_options
     from prunekit.recipe import load_recipe
 
     recipe = load_recipe(REPO / "recipes" / "aptp_cc3m_base.yaml")
-    assert set(recipe.data["method"]["eval"]["dataset"]) == {"name", "format", "root", "resolution"}
+    assert set(recipe.data["eval"]["dataset"]) == {"name", "format", "root", "resolution"}
     problems = preflight_data(recipe.data, get_registry())
     assert problems == ["CC3M webdataset shards /data/cc3m/shards: no .tar files found (set dataset.root=DIR or GLOB)",
                         "CC3M webdataset shards /data/cc3m/val_shards: no .tar files found "
-                        "(set method.eval.dataset.root=DIR or GLOB)"]
+                        "(set eval.dataset.root=DIR or GLOB)"]

@@ -7,33 +7,20 @@ import json
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, TINY_RECIPES, run_recipe
 from prunekit_plugins.baselines.budget_selection import select_under_budget
 from prunekit_plugins.baselines.unit_norms import unit_l1_norms, unit_scores
+from unet_helpers import LATENT, TEXT_LEN, TINY_SD2, build_unet
 
 from prunekit.errors import RecipeError
 from prunekit.recipe import load_recipe
-from prunekit.registry import get_registry
-from prunekit.runner import execute
 from prunekit.unet import count_macs, make_prunable, measure_macs, physically_prune
 
-try:
-    from unet_helpers import LATENT, TEXT_LEN, TINY_SD2, build_unet
-except ImportError:  # tests/ collected as a package
-    from tests.unet_helpers import LATENT, TEXT_LEN, TINY_SD2, build_unet
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = REPO / "recipes" / "tiny"
 ABLATIONS = REPO / "recipes" / "ablations"
 # Small and quick: 8 samples of 16 px (8x8 latents), batches of 4.
 FAST = ["dataset.size=8", "dataset.resolution=16", "engine.micro_batch=4", "engine.checkpoint_every=50"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _prunable(depth=None, seed: int = 0):
@@ -150,9 +137,9 @@ def test_norm_run_exports_a_one_expert_mixture_at_the_budget(tmp_path):
     from prunekit.unet import load_expert
 
     out = tmp_path / "norm"
-    recipe = load_recipe(TINY / "norm.yaml", [*FAST, "budget.target=0.6", "method.finetune.iters=1", "metrics.macs={}",
-                                              "method.eval.steps=1", "method.eval.prompts=4"])
-    _, metrics = execute(recipe, get_registry(), output=out, console_log=False)
+    _, metrics = run_recipe(TINY_RECIPES / "norm.yaml", [*FAST, "budget.target=0.6", "method.finetune.iters=1",
+                                                         "metrics.macs={}", "eval.steps=1", "eval.prompts=4"],
+                            output=out)
     assert list(json.loads((out / "stages.json").read_text())) == ["encode", "select", "finetune_expert_0", "export",
                                                                    "evaluate"]
     [expert] = metrics["experts"]
@@ -178,10 +165,10 @@ def test_uni_arch_trains_one_code_that_every_prompt_uses(tmp_path):
     from prunekit.pipeline import PromptRoutedPipeline
 
     out = tmp_path / "uni"
-    recipe = load_recipe(TINY / "uni_arch.yaml", [*FAST, "budget.target=0.6", "method.prune.iters=8",
-                                                  "method.prune.lr=0.1", "method.prune.lr_warmup=0",
-                                                  "method.init_logit=0.3", "method.finetune.iters=1"])
-    _, metrics = execute(recipe, get_registry(), output=out, console_log=False)
+    _, metrics = run_recipe(TINY_RECIPES / "uni_arch.yaml", [*FAST, "budget.target=0.6", "method.prune.iters=8",
+                                                             "method.prune.lr=0.1", "method.prune.lr_warmup=0",
+                                                             "method.init_logit=0.3", "method.finetune.iters=1"],
+                            output=out)
     codes = load_file(out / "artifacts" / "router_joint.safetensors")["codes"]
     manifest = json.loads((out / "artifacts" / "mixture" / "manifest.json").read_text())
     assert manifest["router"]["name"] == "single_code" and codes.shape == (1, manifest["router_dims"]["num_units"])
@@ -199,12 +186,12 @@ def test_uni_arch_trains_one_code_that_every_prompt_uses(tmp_path):
 
 def test_baseline_recipes_refuse_sections_they_would_ignore(tmp_path):
     with pytest.raises(RecipeError) as err:
-        load_recipe(TINY / "uni_arch.yaml", ["losses.contrastive.weight=1.0", "router.name=aptp"])
+        load_recipe(TINY_RECIPES / "uni_arch.yaml", ["losses.contrastive.weight=1.0", "router.name=aptp"])
     text = "\n".join(err.value.problems)
     assert "losses.contrastive: uni_arch trains one architecture" in text
     assert "router: method 'uni_arch' does not use a router section" in text
     with pytest.raises(RecipeError) as err:
-        load_recipe(TINY / "norm.yaml", ["gate.name=gumbel_sigmoid"])
+        load_recipe(TINY_RECIPES / "norm.yaml", ["gate.name=gumbel_sigmoid"])
     assert "gate: method 'norm' does not use a gate section" in "\n".join(err.value.problems)
 
 
@@ -234,12 +221,10 @@ def test_table3_ablations_differ_only_in_their_component(prefix, aptp_base):
 
 
 def test_embedded_comparison_recipes_evaluate_like_aptp_tiny():
-    """A method section naming another method replaces the base's, so each comparison recipe must
-    repeat aptp_tiny's evaluation: same prompts, sampler steps, guidance and metrics."""
+    """The eval: section is the recipe's, not the method's: each comparison recipe inherits aptp_tiny's
+    evaluation (same prompts, noise, sampler and guidance) and metrics although it names another method."""
     aptp = load_recipe(REPO / "recipes" / "aptp_tiny.yaml").data
-    keys = ("prompts", "steps", "guidance_scale", "scheduler", "seed")
     for name in ("norm_embedded", "uni_arch_embedded", "dense_embedded"):
-        data = load_recipe(TINY / f"{name}.yaml").data
-        assert {k: data["method"]["eval"].get(k, aptp["method"]["eval"].get(k)) for k in keys} == \
-               {k: aptp["method"]["eval"].get(k) for k in keys}, name
+        data = load_recipe(TINY_RECIPES / f"{name}.yaml").data
+        assert data["eval"] == aptp["eval"] and data["eval"]["steps"] == 20, name
         assert set(data["metrics"]) >= {"domain_alignment", "domain_fid"} and data["dataset"] == aptp["dataset"], name

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine import _problem
+from helpers import toy_problem as _problem
 
 from prunekit import checkpoints
 from prunekit.engine import train

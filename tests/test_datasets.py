@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_tar
 from PIL import Image
 from prunekit_plugins.datasets._images import ImageDecodeError, MissingImageError
 from prunekit_plugins.datasets.cc3m import Cc3mConfig, build_cc3m
@@ -249,21 +250,11 @@ def test_cc3m_config_checks_and_preflight(tmp_path):
     assert wds.preflight() == [
         f"CC3M webdataset shards {tmp_path / 'shards' / '*.tar'}: no .tar files found (set dataset.root=DIR or GLOB)"
     ]
-    write_shard(tmp_path / "shards" / "00000.tar", [("k.txt", b"x"), ("k.jpg", image_bytes(RED, "JPEG"))])
+    write_tar(tmp_path / "shards" / "00000.tar", [("k.txt", b"x"), ("k.jpg", image_bytes(RED, "JPEG"))])
     assert wds.preflight() == []
 
 
 # -- CC3M: webdataset ----------------------------------------------------------------------------
-
-
-def write_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def caption_json(caption: str) -> bytes:
@@ -272,14 +263,14 @@ def caption_json(caption: str) -> bytes:
 
 def webdataset_fixture(tmp_path: Path) -> Path:
     shards = tmp_path / "shards"
-    write_shard(shards / "00000.tar", [
+    write_tar(shards / "00000.tar", [
         ("000000000.jpg", image_bytes(RED, "JPEG")), ("000000000.txt", b"a red car\n"),
         ("000000001.json", caption_json("green leaves")), ("000000001.png", image_bytes(GREEN)),
         ("000000002.txt", b"caption whose image failed to download"),
         ("000000003.png", image_bytes(BLUE)), ("000000003.txt", b"the blue sea"),
         ("000000003.json", caption_json("ignored: .txt wins")),
     ])
-    write_shard(shards / "00001.tar", [
+    write_tar(shards / "00001.tar", [
         ("part.1/000010000.jpg", image_bytes(YELLOW, "JPEG")), ("part.1/000010000.json", caption_json(" yellow taxi ")),
         ("000010001.png", image_bytes(PURPLE)), ("000010001.txt", b"purple flowers"),
     ])

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import POSTTRAIN_RECIPES, REPO, SMOKE, kill_at_checkpoint
 from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-SMOKE = REPO / "recipes" / "tiny" / "aptp_smoke.yaml"
 # The smoke recipe, prune stages long enough to be killed in; micro-batch 4 so the two ways of
 # making a global micro-batch of 8 can be compared.
 ARGS = ["method.encode.shard_size=16", "method.prune.warmup_iters=4", "method.prune.iters=24", "method.prune.micro_batch=4",
-        "engine.checkpoint_every=4", "method.finetune.iters=2", "method.eval.samples_per_expert=1",
+        "engine.checkpoint_every=4", "method.finetune.iters=2", "eval.samples_per_expert=1",
         # an evaluate stage, so generation split over ranks is exercised too
-        "method.eval.prompts=12", "method.eval.steps=3", "metrics.macs={}", "metrics.domain_fid={}"]
+        "eval.prompts=12", "eval.steps=3", "metrics.macs={}", "metrics.domain_fid={}"]
 ROUTER_FILES = ["router_warmup.safetensors", "router_joint.safetensors", "mixture/router.safetensors"]
 EXPERT_FILES = [f"mixture/experts/expert_{i:02d}/model.safetensors" for i in range(4)]
 
@@ -132,12 +131,7 @@ def test_sigkill_mid_prune_then_resume_under_torchrun(two_rank_run, tmp_path):
     proc = subprocess.Popen(_two_ranks(killed), cwd=REPO, env=_clean_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     latest = killed / "checkpoints" / "prune_joint" / "latest"
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.read_text().strip() in ("step_8", "step_12", "step_16"):
-            _kill_tree(proc.pid)
-            break
-        time.sleep(0.02)
+    kill_at_checkpoint(proc, latest, ("step_8", "step_12", "step_16"), deadline=time.time() + 400, kill=_kill_tree)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     _run(_two_ranks(killed, resume=True))
@@ -180,7 +174,7 @@ def test_a_failing_rank_stops_every_rank_with_its_error(tmp_path):
 
 def test_post_training_method_under_two_ranks_prunes_like_one(tmp_path):
     """Calibration runs on every rank alike; rank 0 writes the pruned weights and the pipeline."""
-    recipe = REPO / "recipes" / "posttrain" / "tiny_wanda.yaml"
+    recipe = POSTTRAIN_RECIPES / "tiny_wanda.yaml"
     cmd = _torchrun("--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()))
     _run([*cmd, "run", str(recipe), "--output", str(tmp_path / "two"), "-q"])
     _run([sys.executable, "-m", "prunekit", "run", str(recipe), "--output", str(tmp_path / "one"), "-q"])

@@ -10,41 +10,22 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, toy_problem
 
 from prunekit.engine import global_micro_index, micro_batch_indices, train
 from prunekit.engine_config import EngineConfig
 from prunekit.errors import NonFiniteLossError
 
 
-def _problem(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(64, 8, generator=g)
-    y = x @ torch.randn(8, 1, generator=g)
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-
-    def batch_fn(index):
-        idx = micro_batch_indices(64, 8, index, seed=0)
-        return x[idx], y[idx]
-
-    def loss_fn(module, batch, step):
-        xb, yb = batch
-        noise = 0.01 * torch.randn_like(yb)  # uses the per-step RNG: resume must restore it exactly
-        return ((module(xb) - yb - noise) ** 2).mean(), {"aux": 1.0}
-
-    return model, loss_fn, batch_fn
-
-
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, stage):
     cfg = EngineConfig(zero_stage=stage, micro_batch=8, grad_accum=2, checkpoint_every=2)
-    model, loss_fn, batch_fn = _problem()
+    model, loss_fn, batch_fn = toy_problem()
     full = train(model, loss_fn, batch_fn, cfg=cfg, lr=1e-2, steps=6, ckpt_dir=tmp_path / "a", warmup_steps=2)
 
-    model, loss_fn, batch_fn = _problem()
+    model, loss_fn, batch_fn = toy_problem()
     train(model, loss_fn, batch_fn, cfg=cfg, lr=1e-2, steps=3, ckpt_dir=tmp_path / "b", warmup_steps=2)
-    model, loss_fn, batch_fn = _problem()
+    model, loss_fn, batch_fn = toy_problem()
     resumed = train(model, loss_fn, batch_fn, cfg=cfg, lr=1e-2, steps=6, ckpt_dir=tmp_path / "b", warmup_steps=2)
 
     assert resumed.resumed_from == 3
@@ -58,7 +39,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, stage):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    model, loss_fn, batch_fn = _problem()
+    model, loss_fn, batch_fn = toy_problem()
 
     def nan_at_step_3(module, batch, step):
         loss, logs = loss_fn(module, batch, step)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import REPO
+from helpers import SMOKE, TINY_RECIPES, run_recipe, save_tiny_clip
 
 from prunekit.errors import MissingPathError, PluginError
 from prunekit.evaluation import (
@@ -27,14 +27,7 @@ PROMPTS = ["a red circle", "a large green square on a table", "blue", "a small y
            "an orange square", "two purple circles next to each other"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from a second thread, and on a shared 2-core machine an OpenMP thread
-    # waiting for a descheduled peer makes every op ~50x slower (measured: 35 ms vs 0.6 ms per conv).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class WordCountEncoder:
@@ -158,7 +151,7 @@ def test_a_run_with_unset_metric_weights_stops_before_any_stage(tmp_path):
     from prunekit.recipe import load_recipe
     from prunekit.runner import execute
 
-    recipe = load_recipe(REPO / "recipes" / "tiny" / "aptp_smoke.yaml", ["metrics.fid={}", "metrics.macs={}"])
+    recipe = load_recipe(SMOKE, ["metrics.fid={}", "metrics.macs={}"])
     with pytest.raises(MissingPathError) as err:
         execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
     assert str(err.value).splitlines() == [
@@ -170,13 +163,9 @@ def test_a_run_with_unset_metric_weights_stops_before_any_stage(tmp_path):
 def test_dense_finetune_evaluates_its_saved_pipeline_against_the_teacher(tmp_path):
     """The dense reference row is scored like the pruned runs: the saved fine-tuned pipeline and the
     untouched teacher, same prompts, noise and metrics."""
-    from prunekit.recipe import load_recipe
-    from prunekit.runner import execute
-
-    recipe = load_recipe(REPO / "recipes" / "tiny" / "dense_embedded.yaml", [
-        "method.steps=2", "method.lr=1.0e-3", "dataset.size=32", "method.eval.prompts=8", "method.eval.steps=3",
-        "metrics.latency=null", "engine.checkpoint_every=2"])
-    run, metrics = execute(recipe, get_registry(), output=tmp_path / "run", console_log=False)
+    run, metrics = run_recipe(TINY_RECIPES / "dense_embedded.yaml", [
+        "method.steps=2", "method.lr=1.0e-3", "dataset.size=32", "eval.prompts=8", "eval.steps=3",
+        "metrics.latency=null", "engine.checkpoint_every=2"], output=tmp_path / "run")
     model, teacher = metrics["model"], metrics["teacher"]
     assert model["macs_ratio"] == 1.0 and model["metrics"]["macs_ratio"] == pytest.approx(1.0)
     assert model["generation"]["images"] == teacher["generation"]["images"] == 8
@@ -219,7 +208,6 @@ def test_streamed_metrics_equal_whole_batch_metrics(tmp_path, routed, monkeypatc
     """FID/KID/CLIP score/CMMD fed 2 images at a time give what they give on all images at once, and the
     folder path scores what the in-memory path scores."""
     from safetensors.torch import save_file
-    from test_metrics import save_tiny_clip
 
     import prunekit.metrics as core_metrics
     from prunekit.metrics import fid_inception

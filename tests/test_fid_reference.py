@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, torch_threads
 
 from prunekit.metrics import fid_inception, resize_bilinear_tf1
 
@@ -41,10 +41,8 @@ def _reference_module(monkeypatch):
 
 @pytest.fixture(scope="module", autouse=True)
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 def test_fid_features_equal_torch_fidelity_on_the_same_weights(tmp_path, monkeypatch):

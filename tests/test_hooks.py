@@ -36,6 +36,12 @@ class Recorder:
     def prunekit_run_end(self, run, metrics):
         self.calls.append(("end", sorted(metrics)))
 
+    @hookimpl
+    def prunekit_report_sections(self, run_dir, report):
+        # only for a run that deployed a mixture: not in the run below (tests/test_report.py covers it)
+        self.calls.append(("report", run_dir.name))
+        return []
+
 
 def test_every_hookspec_is_exercised_here():
     specs = {n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("prunekit_")}

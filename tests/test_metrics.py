@@ -7,21 +7,14 @@ import random
 
 import pytest
 import torch
+from helpers import save_tiny_clip
 
 from prunekit.errors import MissingPathError
 from prunekit.evaluation import EvalBatch, preflight_metrics
 from prunekit.metrics import cmmd, rankdata, spearman
 from prunekit.registry import get_registry
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from a second thread, and on a shared 2-core machine an OpenMP thread
-    # waiting for a descheduled peer makes every op ~50x slower (measured: 35 ms vs 0.6 ms per conv).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_cmmd_matches_a_naive_double_loop():
@@ -124,7 +117,7 @@ def test_fid_and_kid_plugins_give_the_torchmetrics_values():
     assert kid_far["kid"] == pytest.approx(float(mean), rel=1e-5)
     assert kid_far["kid_std"] == pytest.approx(float(std), rel=1e-5)
     assert kid(EvalBatch(["p"] * 48, other_real, real))["kid"] < 0.1 * kid_far["kid"]
-    with pytest.raises(MissingPathError, match="method.eval.dataset"):
+    with pytest.raises(MissingPathError, match="eval.dataset"):
         fid(EvalBatch(["p"] * 48, noise, None))
 
 
@@ -174,27 +167,6 @@ def test_fid_inception_loads_local_state_dicts_and_rejects_others(tmp_path):
 
 class Opaque:
     """Not a tensor: a file holding it must not be unpickled."""
-
-
-def save_tiny_clip(folder):
-    """A randomly initialised 1-layer CLIP with a processor, saved like a downloaded one (offline)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from prunekit.tiny import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer(32)
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2),
-        projection_dim=16)
-    CLIPModel(config).save_pretrained(folder)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

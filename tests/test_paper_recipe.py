@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, save_tiny_clip
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,6 @@ pytestmark = pytest.mark.slow
 def test_aptp_coco_base_runs_every_stage_on_synthetic_coco(tmp_path):
     from prunekit_plugins.datasets.synthetic_coco import write_synthetic_coco
     from safetensors.torch import save_file
-    from test_metrics import save_tiny_clip
 
     from prunekit.metrics import fid_inception
     from prunekit.recipe import load_recipe
@@ -34,16 +33,16 @@ def test_aptp_coco_base_runs_every_stage_on_synthetic_coco(tmp_path):
     overrides = [
         f"model.path={model}", "model.device=cpu", "prompt_encoder.device=cpu",
         f"dataset.root={train['root']}", f"dataset.annotations={train['annotations']}", "dataset.resolution=32",
-        f"method.eval.dataset.root={val['root']}", f"method.eval.dataset.annotations={val['annotations']}",
-        "method.eval.dataset.resolution=32",
+        f"eval.dataset.root={val['root']}", f"eval.dataset.annotations={val['annotations']}",
+        "eval.dataset.resolution=32",
         f"metrics.fid.inception_weights={tmp_path / 'inception.safetensors'}",
         f"metrics.clip_score.clip_path={clip}", f"metrics.cmmd.clip_path={clip}",
         # cut down: iterations, batches, prompts, sampler steps, generation size
         "router.num_codes=2", "method.prune.warmup_iters=2", "method.prune.iters=3", "method.prune.lr_warmup=1",
         "method.prune.micro_batch=8", "method.prune.grad_accum=1", "method.finetune.iters=1",
         "method.finetune.micro_batch=4", "method.finetune.grad_accum=1", "engine.micro_batch=8",
-        "method.eval.prompts=6", "method.eval.steps=2", "method.eval.resolution=32", "method.eval.batch_size=3",
-        "method.eval.samples_per_expert=1", "method.encode.shard_size=16",
+        "eval.prompts=6", "eval.steps=2", "eval.resolution=32", "eval.batch_size=3",
+        "eval.samples_per_expert=1", "method.encode.shard_size=16",
     ]
     recipe = load_recipe(REPO / "recipes" / "aptp_coco_base.yaml", overrides)
     assert recipe.data["engine"]["precision"] == "bf16" and recipe.data["engine"]["zero_stage"] == 2

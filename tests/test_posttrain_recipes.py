@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import prunekit_plugins.posttrain as posttrain
 import pytest
 import torch
-from helpers import REPO
+from helpers import POSTTRAIN_RECIPES, run_recipe
 
 import prunekit.registry
 from prunekit.errors import RecipeError
@@ -17,16 +16,10 @@ from prunekit.registry import Registry
 from prunekit.runner import execute
 from prunekit.tiny import build_tiny_pipeline
 
-RECIPES = sorted((REPO / "recipes" / "posttrain").glob("*.yaml"))
+RECIPES = sorted(POSTTRAIN_RECIPES.glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and immune to OpenMP spinning on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def posttrain_registry() -> Registry:
@@ -41,12 +34,6 @@ def posttrain_registry() -> Registry:
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     return posttrain_registry()
-
-
-def run_recipe(registry, name: str, out: Path, overrides=()):
-    recipe = load_recipe(REPO / "recipes" / "posttrain" / f"{name}.yaml", list(overrides), registry=registry)
-    run, metrics = execute(recipe, registry, output=out, console_log=False)
-    return run, metrics
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
@@ -95,9 +82,10 @@ def _state(module) -> dict[str, torch.Tensor]:
 
 def test_components_are_pruned_independently(registry, tmp_path):
     dense = build_tiny_pipeline(0)
-    _, only_unet = run_recipe(registry, "tiny_wanda", tmp_path / "u", ["method.text_encoder.sparsity=0"])
-    _, only_text = run_recipe(registry, "tiny_wanda", tmp_path / "t", ["method.unet.sparsity=0"])
-    _, both = run_recipe(registry, "tiny_wanda", tmp_path / "b")
+    wanda = POSTTRAIN_RECIPES / "tiny_wanda.yaml"
+    _, only_unet = run_recipe(wanda, ["method.text_encoder.sparsity=0"], output=tmp_path / "u", registry=registry)
+    _, only_text = run_recipe(wanda, ["method.unet.sparsity=0"], output=tmp_path / "t", registry=registry)
+    _, both = run_recipe(wanda, output=tmp_path / "b", registry=registry)
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -126,7 +114,7 @@ def test_pruned_pipeline_reloads_with_plain_diffusers_and_generates(registry, tm
 
     monkeypatch.setattr(prunekit.registry, "_REGISTRY", registry)  # the CLI's registry, with posttrain
     out = tmp_path / "run"
-    assert main(["run", str(REPO / "recipes/posttrain/tiny_wanda.yaml"), "--output", str(out), "-q"]) == 0
+    assert main(["run", str(POSTTRAIN_RECIPES / "tiny_wanda.yaml"), "--output", str(out), "-q"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "wanda"
     for component, target in (("unet", 0.35), ("text_encoder", 0.475)):
@@ -147,8 +135,8 @@ def test_pruned_pipeline_reloads_with_plain_diffusers_and_generates(registry, tm
 
 
 def test_resume_restores_pruned_weights(registry, tmp_path):
-    _, first = run_recipe(registry, "tiny_magnitude", tmp_path / "r")
-    recipe = load_recipe(REPO / "recipes/posttrain/tiny_magnitude.yaml", registry=registry)
+    _, first = run_recipe(POSTTRAIN_RECIPES / "tiny_magnitude.yaml", output=tmp_path / "r", registry=registry)
+    recipe = load_recipe(POSTTRAIN_RECIPES / "tiny_magnitude.yaml", registry=registry)
     run, again = execute(recipe, registry, output=tmp_path / "r", resume=True, console_log=False)
     # every stage was skipped; the metrics are measured on the restored weights, not a dense model
     assert again["unet"]["layers"] == first["unet"]["layers"]
@@ -160,7 +148,7 @@ def test_resume_restores_pruned_weights(registry, tmp_path):
 def test_paper_sweeps_validate_every_point(registry, component, points):
     from prunekit.sweep import load_sweep
 
-    sweep = load_sweep(REPO / "recipes" / "posttrain" / "sweeps" / f"sd2_{component}.yaml", registry=registry)
+    sweep = load_sweep(POSTTRAIN_RECIPES / "sweeps" / f"sd2_{component}.yaml", registry=registry)
     assert len(sweep.points) == points
     assert {p.method for p in sweep.points} == {"magnitude", "wanda", "sparsegpt", "owl"}
     other = "unet" if component == "text_encoder" else "text_encoder"
@@ -173,7 +161,7 @@ def test_paper_sweeps_validate_every_point(registry, component, points):
 def test_embedded_sweeps_have_a_dense_reference_and_every_method(registry, component):
     from prunekit.sweep import load_sweep
 
-    sweep = load_sweep(REPO / "recipes" / "posttrain" / "sweeps" / f"embedded_{component}.yaml", registry=registry)
+    sweep = load_sweep(POSTTRAIN_RECIPES / "sweeps" / f"embedded_{component}.yaml", registry=registry)
     by_label: dict[str, list] = {}
     for point in sweep.points:
         by_label.setdefault(point.label.split("@")[0], []).append(point.recipe.data)
@@ -184,16 +172,16 @@ def test_embedded_sweeps_have_a_dense_reference_and_every_method(registry, compo
         assert len(by_label[label]) == 3
         for data in by_label[label]:
             assert data["method"][other]["sparsity"] == 0.0 and data["method"][component]["sparsity"] > 0
-            assert data["metrics"] and data["method"]["eval"]["teacher"] is False
+            assert data["metrics"] and data["eval"]["teacher"] is False
 
 
 def test_pruned_pipeline_is_evaluated_against_the_unpruned_teacher(registry, tmp_path):
     """With a metrics: section the pruned pipeline and the teacher are generated from the same prompts
     and noise and scored with the domain metrics; metrics.json holds both."""
     out = tmp_path / "run"
-    _, metrics = run_recipe(registry, "embedded_magnitude", out, [
+    _, metrics = run_recipe(POSTTRAIN_RECIPES / "embedded_magnitude.yaml", [
         "method.text_encoder.sparsity=0", "method.unet.sparsity=0.8", "dataset.size=32",
-        "method.eval.prompts=8", "method.eval.steps=3"])
+        "eval.prompts=8", "eval.steps=3"], output=out, registry=registry)
     model, teacher = metrics["model"], metrics["teacher"]
     assert model["path"] == "artifacts/pipeline" and model["sparsity"] == metrics["sparsity"]
     assert metrics["unet"]["sparsity"] == pytest.approx(0.8, abs=1e-3)
@@ -209,7 +197,7 @@ def test_pruned_pipeline_is_evaluated_against_the_unpruned_teacher(registry, tmp
 def test_metrics_without_an_eval_dataset_stop_before_pruning(registry, tmp_path):
     from prunekit.errors import MissingPathError
 
-    recipe = load_recipe(REPO / "recipes/posttrain/tiny_magnitude.yaml", ["metrics={macs: {}}"], registry=registry)
-    with pytest.raises(MissingPathError, match=r"^method\.eval\.dataset: the recipe has metrics but no dataset"):
+    recipe = load_recipe(POSTTRAIN_RECIPES / "tiny_magnitude.yaml", ["metrics={macs: {}}"], registry=registry)
+    with pytest.raises(MissingPathError, match=r"^eval\.dataset: the recipe has metrics but no dataset"):
         execute(recipe, registry, output=tmp_path / "run", console_log=False)
     assert not (tmp_path / "run" / "stages.json").exists()

@@ -13,15 +13,10 @@ import json
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import SMOKE, TINY_RECIPES, run_recipe
 from safetensors.torch import load_file
 
-from prunekit.recipe import load_recipe
-from prunekit.registry import get_registry
-from prunekit.runner import execute
-
-TINY = REPO / "recipes" / "tiny"
-FAST = ["method.eval.samples_per_expert=1", "method.eval.steps=2"]
+FAST = ["eval.samples_per_expert=1", "eval.steps=2"]
 SHORT = {
     "aptp_smoke": ["method.prune.warmup_iters=2", "method.prune.iters=4", "method.finetune.iters=2", *FAST],
     "norm": ["method.finetune.iters=2", *FAST],
@@ -65,8 +60,7 @@ def _first_losses(run_dir, recipe: str) -> dict[str, float]:
 def _run(tmp_path_factory, recipe: str, switch: str | None):
     out = tmp_path_factory.mktemp(f"{recipe}_{switch or 'fp32'}") / "run"
     overrides = [*SHORT[recipe], *(SWITCHES[switch] if switch else ["engine.zero_stage=0"])]
-    _, metrics = execute(load_recipe(TINY / f"{recipe}.yaml", overrides), get_registry(), output=out,
-                         console_log=False)
+    _, metrics = run_recipe(TINY_RECIPES / f"{recipe}.yaml", overrides, output=out)
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
     return out, metrics
 
@@ -115,7 +109,7 @@ def test_method_under_precision_and_zero(tmp_path_factory, recipe, switch):
 def test_fp16_on_cpu_is_refused_with_one_line_before_any_work(tmp_path, capsys):
     from prunekit.cli import main
 
-    code = main(["run", str(TINY / "aptp_smoke.yaml"), "engine.precision=fp16", "--output", str(tmp_path / "r"), "-q"])
+    code = main(["run", str(SMOKE), "engine.precision=fp16", "--output", str(tmp_path / "r"), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: engine.precision=fp16 needs a GPU; use bf16 or fp32 on CPU"]
     assert not (tmp_path / "r").exists()

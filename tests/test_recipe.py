@@ -137,3 +137,27 @@ def test_selecting_another_component_replaces_the_inherited_section(tmp_path):
     assert load_recipe(child).data["dataset"] == {"name": "prompts", "items": ["a", "b"]}
     same = _write(tmp_path, "same.yaml", "base: base.yaml\nname: s\ndataset: {name: shapes, size: 4}\n")
     assert load_recipe(same).data["dataset"] == {"name": "shapes", "size": 4, "seed": 3}
+
+
+def test_eval_is_a_core_section_kept_when_a_child_names_another_method(tmp_path):
+    _write(tmp_path, "base.yaml", BASE + "eval: {prompts: 6, steps: 2, dataset: {name: shapes, size: 4, seed: 3}}\n")
+    child = _write(tmp_path, "child.yaml", "base: base.yaml\nname: c\nmethod: {name: magnitude}\n"
+                                           "eval: {dataset: {name: prompts, items: [a, b]}}\n")
+    data = load_recipe(child, ["eval.seed=5"]).data
+    assert data["method"] == {"name": "magnitude"}
+    # inherited through a change of method; a dataset naming another component replaces the inherited one
+    assert data["eval"]["prompts"] == 6 and data["eval"]["steps"] == 2 and data["eval"]["seed"] == 5
+    assert data["eval"]["dataset"] == {"name": "prompts", "items": ["a", "b"]}
+    assert data["eval"]["guidance_scale"] == 7.5  # core defaults are filled in, as for engine:
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child, ["eval.steps=0", "eval.bogus=1"])
+    assert any("eval.steps" in p for p in err.value.problems)
+    assert any("eval.bogus" in p for p in err.value.problems)
+
+
+def test_method_eval_names_its_new_place(tmp_path):
+    old = _write(tmp_path, "old.yaml", BASE.replace("steps: 5}", "steps: 5, eval: {prompts: 4}}"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(old)
+    assert err.value.problems == [f"{old}: method.eval: the evaluation settings are the top-level eval: section "
+                                  f"now (e.g. eval.prompts=1000 instead of method.eval.prompts=1000)"]

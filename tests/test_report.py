@@ -8,30 +8,17 @@ from argparse import Namespace
 
 import pytest
 import torch
-from helpers import REPO
-from test_metrics import save_tiny_clip
+from helpers import SMOKE, run_recipe, save_tiny_clip
 
 from prunekit import plots
 from prunekit.metrics import spearman
-from prunekit.recipe import load_recipe
-from prunekit.registry import get_registry
 from prunekit.report import SECTIONS, build_report, main_report, retained_mac_map, top_words, words_of
-from prunekit.runner import execute
 
-SMOKE = REPO / "recipes" / "tiny" / "aptp_smoke.yaml"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # See tests/test_evaluation.py: on a shared 2-core machine one thread is much faster for tiny ops.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, one_thread):
+def run_dir(tmp_path_factory, single_thread):
     root = tmp_path_factory.mktemp("report")
     clip = save_tiny_clip(root / "clip")
     overrides = [
@@ -39,12 +26,12 @@ def run_dir(tmp_path_factory, one_thread):
         # experts differ after a few steps and the retained-MAC map is not all ones.
         "router.init_logit=0.0", "method.prune.warmup_iters=2", "method.prune.iters=2",
         "method.finetune.iters=1", "dataset.size=32",
-        "method.eval.prompts=6", "method.eval.steps=2", "method.eval.resolution=32", "method.eval.samples_per_expert=2",
+        "eval.prompts=6", "eval.steps=2", "eval.resolution=32", "eval.samples_per_expert=2",
         "metrics.macs={}", "metrics.latency={repeats: 1, warmup: 0, steps: 1}",
         f"metrics.clip_score.clip_path={clip}", f"metrics.cmmd.clip_path={clip}",
     ]
     out = root / "run"
-    execute(load_recipe(SMOKE, overrides), get_registry(), output=out, console_log=False)
+    run_recipe(SMOKE, overrides, output=out)
     return out
 
 
@@ -52,6 +39,10 @@ def test_report_has_every_section_and_embeds_its_images(run_dir):
     page = (run_dir / "report.html").read_text()
     for section in SECTIONS:
         assert f"<section id='{section}'>" in page, section
+    # the core sections, and APTP's training curves (its prunekit_report_sections hook) after the samples
+    assert re.findall(r"<section id='([^']*)'>", page) == [
+        "summary", "metrics", "experts", "architecture", "words", "samples", "losses", "complexity"]
+    assert "<h1>APTP run <code>run</code></h1>" in page and "<th>APTP mixture</th>" in page
     images = re.findall(r"<img src='([^']*)'", page)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
     pngs = sorted(p.stem for p in (run_dir / "report").glob("*.png"))
@@ -118,7 +109,7 @@ def letters(prompt: str) -> float:
 
 
 def test_report_rebuilds_from_the_run_directory_with_a_complexity_function(run_dir, tmp_path):
-    from prunekit.evaluation import routed_prompts
+    from prunekit.run_files import routed_prompts
 
     out = tmp_path / "again.html"
     assert main_report(Namespace(run_dir=str(run_dir), output=str(out), complexity="test_report:letters")) == 0
@@ -163,7 +154,7 @@ def test_eval_command_reevaluates_a_run_with_overrides(run_dir):
 
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
-    args = parser.parse_args([str(run_dir), "method.eval.prompts=4", "metrics.latency=null", "metrics.cmmd=null"])
+    args = parser.parse_args([str(run_dir), "eval.prompts=4", "metrics.latency=null", "metrics.cmmd=null"])
     assert main_eval(args) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["evaluation"]["prompts"] == 4
@@ -172,3 +163,37 @@ def test_eval_command_reevaluates_a_run_with_overrides(run_dir):
     evaluation = json.loads((run_dir / "artifacts" / "evaluation.json").read_text())
     assert sum(e["images"] for e in evaluation["experts"]) == 4
     assert "<section id='metrics'>" in (run_dir / "report.html").read_text()
+
+
+def test_a_plugin_adds_report_sections_through_the_hook(run_dir, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from prunekit.hookspecs import hookimpl
+    from prunekit.registry import get_registry
+    from prunekit.report import ReportSection
+
+    seen = {}
+
+    class Sections:
+        @hookimpl
+        def prunekit_report_sections(self, run_dir, report):
+            seen.update(run_dir=run_dir, histories=sorted(report["histories"]))
+            return [ReportSection(id="extra", title="Extra <b>", charts={"extra_chart": Image.new("RGB", (8, 8))},
+                                  after="metrics"),
+                    ReportSection(id="last", title="Last", empty="nothing <here>", after="nowhere")]
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    try:
+        page = build_report(copy, registry=get_registry(extra_plugins=[("sections", Sections())])).read_text()
+    finally:
+        get_registry(refresh=True)
+    assert seen["run_dir"] == copy and {"prune_warmup", "prune_joint", "finetune_expert_0"} <= set(seen["histories"])
+    assert re.findall(r"<section id='([^']*)'>", page) == [
+        "summary", "metrics", "extra", "experts", "architecture", "words", "samples", "losses", "complexity", "last"]
+    assert "<nav><a href='#summary'>summary</a><a href='#metrics'>metrics</a><a href='#extra'>extra</a>" in page
+    assert "<h2>Extra &lt;b&gt;</h2>" in page and "<p class='note'>nothing &lt;here&gt;</p>" in page
+    assert (copy / "report" / "extra_chart.png").is_file() and "alt='extra_chart'" in page
+

@@ -41,13 +41,7 @@ TINY = ["dataset.size=8", "dataset.resolution=16", "engine.micro_batch=4", "engi
 ENOSPC = os.strerror(errno.ENOSPC)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)  # the tiny runs use engine.threads=1
+pytestmark = pytest.mark.usefixtures("restore_threads")  # the tiny runs use engine.threads=1
 
 
 def _run(out: Path, *extra: str) -> int:

@@ -7,11 +7,9 @@ import json
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import SMOKE, run_recipe, write_tar
 
 from prunekit.shards import EncodedShards, encode_to_shards
-
-SMOKE = REPO / "recipes" / "tiny" / "aptp_smoke.yaml"
 
 
 class Rows:
@@ -121,13 +119,10 @@ def test_imagefolder_bad_metadata_lines_and_images_are_counted(tmp_path):
     assert index["skipped"] == {"unreadable_image": 1, "missing_file": 1} and index["samples"] == 3
 
     # Through a run: what the dataset rejected while indexing and what the encode stage skipped, together.
-    from prunekit.recipe import load_recipe
-    from prunekit.runner import execute
-
     args = ["dataset.name=imagefolder", f"dataset.root={root}", "dataset.resolution=32", "method.prune.warmup_iters=1",
-            "method.prune.iters=1", "method.finetune.iters=0", "method.eval.samples_per_expert=0",
+            "method.prune.iters=1", "method.finetune.iters=0", "eval.samples_per_expert=0",
             "method.encode.max_skipped_fraction=0.9"]
-    execute(load_recipe(SMOKE, args), get_registry(), output=tmp_path / "run", console_log=False)
+    run_recipe(SMOKE, args, output=tmp_path / "run")
     data = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]
     assert data["skipped"] == {"bad_metadata": 3, "unreadable_image": 1, "missing_file": 1}
     assert data["samples"] == 3 and data["dataset_rows"] == 8
@@ -143,9 +138,8 @@ def test_run_records_skipped_samples_and_stops_beyond_the_allowed_share(tmp_path
     data = _coco(tmp_path)
     common = ["dataset.name=coco", f"dataset.root={data['root']}", f"dataset.annotations={data['annotations']}",
               "dataset.resolution=32", "method.prune.warmup_iters=1", "method.prune.iters=2",
-              "method.finetune.iters=1", "method.eval.samples_per_expert=0", "method.encode.shard_size=8"]
-    _, metrics = execute(load_recipe(SMOKE, [*common, "method.encode.max_skipped_fraction=0.5"]), get_registry(),
-                         output=tmp_path / "ok", console_log=False)
+              "method.finetune.iters=1", "eval.samples_per_expert=0", "method.encode.shard_size=8"]
+    _, metrics = run_recipe(SMOKE, [*common, "method.encode.max_skipped_fraction=0.5"], output=tmp_path / "ok")
     saved = json.loads((tmp_path / "ok" / "metrics.json").read_text())
     assert saved["data"]["skipped"] == {"unreadable_image": 6, "missing_file": 2, "empty_caption": 2}
     assert saved["data"]["samples"] == 14 and metrics["data"] == saved["data"]
@@ -198,7 +192,6 @@ def test_engine_prefetches_exactly_the_next_micro_batch_and_trains_the_same(tmp_
 def test_bad_cc3m_samples_are_skipped_and_counted(tmp_path):
     """Both CC3M layouts: a truncated image, a zero-byte one, a missing one, an empty caption."""
     import io
-    import tarfile
 
     from PIL import Image
 
@@ -222,16 +215,9 @@ def test_bad_cc3m_samples_are_skipped_and_counted(tmp_path):
     tsv = get_registry().build("dataset", {"name": "cc3m", "root": str(tmp_path / "train.tsv"),
                                            "image_dir": str(images), "resolution": 16})
     # webdataset: the same samples in a shard; the missing image leaves a caption without an image.
-    shard = tmp_path / "shards" / "00000.tar"
-    shard.parent.mkdir()
-    with tarfile.open(shard, "w") as tar:
-        for i, (caption, data) in enumerate(rows):
-            for name, payload in ((f"{i:09d}.txt", caption.encode()), (f"{i:09d}.jpg", data)):
-                if payload is None:
-                    continue
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
+    shard = write_tar(tmp_path / "shards" / "00000.tar", [
+        (name, payload) for i, (caption, data) in enumerate(rows)
+        for name, payload in ((f"{i:09d}.txt", caption.encode()), (f"{i:09d}.jpg", data)) if payload is not None])
     wds = get_registry().build("dataset", {"name": "cc3m", "format": "webdataset", "root": str(shard.parent),
                                            "resolution": 16})
 

@@ -25,13 +25,7 @@ from prunekit.ops.masks import (
 SPARSITIES = (0.1, 0.35, 0.475, 0.5, 0.7)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and immune to OpenMP spinning on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def correlated_inputs(n: int, cols: int, rank: int = 16, seed: int = 0) -> torch.Tensor:

@@ -14,25 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import DENSE, ONE_STEP, REPO, kill_at_checkpoint
 
 from prunekit.errors import RunDirError
 from prunekit.sweep import MetricColumn, column_value, load_sweep, lookup, macs_ratio, plot_series, run_sweep
 
-DENSE = REPO / "recipes" / "tiny" / "dense_finetune.yaml"
 USED_PLUGINS = ["models", "datasets", "losses", "finetune", "gates", "budgets", "aptp", "baselines", "domain", "metrics"]
-# One optimizer step on 8 samples of 16 px: a complete run in a few seconds.
-TINY_POINT = ["dataset.size=8", "dataset.resolution=16", "engine.micro_batch=4", "engine.zero_stage=0",
-              "method.warmup_steps=0", "method.steps=1", "engine.checkpoint_every=1", "engine.threads=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)  # the tiny points run with engine.threads=1
+pytestmark = pytest.mark.usefixtures("restore_threads")  # the tiny points run with engine.threads=1
 
 
 def _write(path: Path, text: str) -> Path:
@@ -164,7 +154,7 @@ def test_sweep_completes_after_a_kill_skipping_finished_points_and_writes_table_
     sweep_file = _write(tmp_path / "four.yaml", f"""
 name: four
 base: {DENSE}
-overrides: {json.dumps(TINY_POINT)}
+overrides: {json.dumps(ONE_STEP)}
 points:
   - {{label: a, overrides: [method.lr=1.0e-4]}}
   - {{label: b, overrides: [method.lr=2.0e-4]}}
@@ -178,11 +168,7 @@ metrics: [finetune.loss_last, {{name: steps, path: [experts.0.finetune_steps, fi
     latest = runs / "c" / "checkpoints" / "finetune" / "latest"
     deadline = time.time() + 400
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if latest.is_file() and latest.read_text().strip() in ("step_1", "step_2", "step_3", "step_4", "step_5", "step_6"):
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
+        kill_at_checkpoint(proc, latest, [f"step_{i}" for i in range(1, 7)], deadline=deadline)
     finally:
         if proc.poll() is None and time.time() >= deadline:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -226,7 +212,7 @@ def test_a_point_failing_at_run_time_is_recorded_and_the_others_finish(tmp_path)
     sweep_file = _write(tmp_path / "fail.yaml", f"""
 name: fail
 base: {DENSE}
-overrides: {json.dumps(TINY_POINT)}
+overrides: {json.dumps(ONE_STEP)}
 points:
   - {{label: broken, overrides: [model.cross_attention_dim=33]}}  # valid, but no text encoder has 33 / 2 heads
   - {{label: fine}}
@@ -304,7 +290,7 @@ if "method.lr=0.5" in args:  # leaves a failed run behind, and exits 0 all the s
     sweep_file = _write(tmp_path / "zero.yaml", f"""
 name: zero
 base: {DENSE}
-overrides: {json.dumps(TINY_POINT)}
+overrides: {json.dumps(ONE_STEP)}
 launcher: {{mode: subprocess, command: [{sys.executable}, {launcher}]}}
 points:
   - {{label: nothing}}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from unet_helpers import TINY_SD2, TINY_SDXL, block_dropping_mask, build_unet, inputs, zero_width_mask
 
 from prunekit.unet import (
     load_expert,
@@ -18,25 +19,7 @@ from prunekit.unet import (
     save_expert,
 )
 
-try:
-    from unet_helpers import TINY_SD2, TINY_SDXL, block_dropping_mask, build_unet, inputs, zero_width_mask
-except ImportError:  # tests/ collected as a package
-    from tests.unet_helpers import (
-        TINY_SD2,
-        TINY_SDXL,
-        block_dropping_mask,
-        build_unet,
-        inputs,
-        zero_width_mask,
-    )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

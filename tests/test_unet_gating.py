@@ -7,23 +7,12 @@ from collections import Counter
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from unet_helpers import TINY_SD1, TINY_SD2, TINY_SDXL, build_unet, inputs, random_mask
 
 from prunekit.unet import make_prunable, sd21_unet_config
 from prunekit.unet.gating import _ACTIVE
 
-try:
-    from unet_helpers import TINY_SD1, TINY_SD2, TINY_SDXL, build_unet, inputs, random_mask
-except ImportError:  # tests/ collected as a package
-    from tests.unet_helpers import TINY_SD1, TINY_SD2, TINY_SDXL, build_unet, inputs, random_mask
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny models: one thread is faster, and immune to OpenMP spinning when the 2 cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

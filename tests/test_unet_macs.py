@@ -6,6 +6,19 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
+from unet_helpers import (
+    LATENT,
+    TEXT_LEN,
+    TINY_SD1,
+    TINY_SD2,
+    TINY_SDXL,
+    block_dropping_mask,
+    build_unet,
+    inputs,
+    one_unit_per_layer_mask,
+    random_mask,
+    zero_width_mask,
+)
 
 from prunekit.unet import (
     count_macs,
@@ -18,42 +31,7 @@ from prunekit.unet import (
 )
 from prunekit.unet.macs import example_inputs
 
-try:
-    from unet_helpers import (
-        LATENT,
-        TEXT_LEN,
-        TINY_SD1,
-        TINY_SD2,
-        TINY_SDXL,
-        block_dropping_mask,
-        build_unet,
-        inputs,
-        one_unit_per_layer_mask,
-        random_mask,
-        zero_width_mask,
-    )
-except ImportError:  # tests/ collected as a package
-    from tests.unet_helpers import (
-        LATENT,
-        TEXT_LEN,
-        TINY_SD1,
-        TINY_SD2,
-        TINY_SDXL,
-        block_dropping_mask,
-        build_unet,
-        inputs,
-        one_unit_per_layer_mask,
-        random_mask,
-        zero_width_mask,
-    )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from unet_helpers import (
+    TINY_SD1,
+    TINY_SD2,
+    TINY_SDXL,
+    block_dropping_mask,
+    build_unet,
+    inputs,
+    one_unit_per_layer_mask,
+    random_mask,
+    zero_width_mask,
+)
 
 from prunekit.unet import make_prunable, physically_prune, round_mask
 from prunekit.unet.pruned_modules import (
@@ -15,38 +26,7 @@ from prunekit.unet.pruned_modules import (
     SkippedTransformer,
 )
 
-try:
-    from unet_helpers import (
-        TINY_SD1,
-        TINY_SD2,
-        TINY_SDXL,
-        block_dropping_mask,
-        build_unet,
-        inputs,
-        one_unit_per_layer_mask,
-        random_mask,
-        zero_width_mask,
-    )
-except ImportError:  # tests/ collected as a package
-    from tests.unet_helpers import (
-        TINY_SD1,
-        TINY_SD2,
-        TINY_SDXL,
-        block_dropping_mask,
-        build_unet,
-        inputs,
-        one_unit_per_layer_mask,
-        random_mask,
-        zero_width_mask,
-    )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _masks(prunable) -> dict[str, torch.Tensor]:

@@ -15,7 +15,6 @@ from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
 from prunekit.encode_config import EncodeConfig
-from prunekit.evaluation import EvalConfig
 from prunekit.hookspecs import hookimpl
 from prunekit.losses import DENOISING
 
@@ -38,7 +37,6 @@ class DenseFinetuneConfig:
         "float32", help="dtype of the saved pipeline weights (load them back with torch_dtype)"
     )
     max_shard_size: str | None = option(None, help="split saved weight files above this size, e.g. '7MB'")
-    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 class DenseFinetune:
@@ -48,7 +46,7 @@ class DenseFinetune:
         self.config = config
 
     def run(self, run: Any) -> dict[str, Any]:
-        from prunekit.evaluation import merge_evaluation
+        from prunekit.deployable import Deployable
         from prunekit.placement import place_frozen
 
         precision = run.recipe.data["engine"]["precision"]
@@ -62,20 +60,10 @@ class DenseFinetune:
 
         run.stage("encode", lambda: encode_stage(run, pipeline, self.config.encode))
         results["finetune"] = run.stage("finetune", lambda: self._finetune(run, pipeline))
-        if run.recipe.data.get("metrics"):
-            # The saved folder, not the in-memory model: what is evaluated is what a user loads.
-            evaluation = run.stage("evaluate", lambda: self._evaluate(run, precision))
-            results["model"] = {"path": results["finetune"]["pipeline"], "macs_ratio": 1.0}
-            merge_evaluation(results, evaluation)
+        # The saved folder (artifacts/pipeline), not the in-memory model, is what the runner evaluates:
+        # what a user loads.
+        results["deployable"] = Deployable("pipeline", entry={"path": results["finetune"]["pipeline"], "macs_ratio": 1.0})
         return results
-
-    def _evaluate(self, run: Any, precision: str) -> dict[str, Any]:
-        from prunekit.evaluation import evaluate_pipeline_stage
-        from prunekit.models import load_pipeline
-        from prunekit.placement import place_frozen
-
-        model = place_frozen(load_pipeline(str(run.artifact("pipeline")), dtype="float32"), precision)
-        return evaluate_pipeline_stage(run, model)
 
     # -- autoencoder ------------------------------------------------------------------------------
 

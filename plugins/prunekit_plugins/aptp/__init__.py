@@ -1,10 +1,12 @@
-"""APTP's own components: the sentence-transformer prompt encoder, the router and the method."""
+"""APTP's own components: the sentence-transformer prompt encoder, the router and the method; and its
+section of the run report (training curves, through ``prunekit_report_sections``)."""
 
 from __future__ import annotations
 
 from prunekit.hookspecs import hookimpl
 from prunekit_plugins.aptp.method import APTP, APTPConfig
 from prunekit_plugins.aptp.prompt_encoder import SentenceTransformerConfig, SentenceTransformerEncoder
+from prunekit_plugins.aptp.report import prunekit_report_sections  # noqa: F401  (a hook of this plugin)
 from prunekit_plugins.aptp.router import APTPRouterConfig, build_router
 
 

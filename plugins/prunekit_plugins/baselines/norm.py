@@ -13,9 +13,16 @@ from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
 from prunekit.encode_config import EncodeConfig
-from prunekit.evaluation import EvalConfig
-from prunekit_plugins.aptp.method import FINETUNE_INPUTS, FinetuneStageConfig
-from prunekit_plugins.baselines.single_expert import SingleArchitectureMethod
+from prunekit_plugins.baselines import single_expert
+from prunekit_plugins.stages import (
+    FINETUNE_INPUTS,
+    FinetuneStageConfig,
+    PruningContext,
+    finetune_expert,
+    one_expert_routing,
+    prepare,
+)
+from prunekit_plugins.stages.finish import check_metric_paths
 
 
 @dataclass
@@ -35,53 +42,62 @@ class NormConfig:
     finetune: NormFinetuneConfig = field(default_factory=NormFinetuneConfig)
     round_to: int | None = option(None, ge=1, help="kept channels per layer a multiple of this (selection respects it)")
     encode: EncodeConfig = field(default_factory=EncodeConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-class NormPruning(SingleArchitectureMethod):
+class NormPruning:
     """Prune the lowest-norm units until the MAC budget is met, fine-tune the result on all samples."""
 
+    init_logit = 3.0  # of the exported single-code router; its code is overwritten by the selection
+
     def __init__(self, config: NormConfig) -> None:
-        super().__init__(config)  # type: ignore[arg-type]  # APTP's stages read the same field names
+        self.config = config
 
     def run(self, run: Any) -> dict[str, Any]:
-        self._check_metric_paths(run)
-        self._prepare(run)
-        self.router = self._new_router()
-        routing = run.stage("select", self._select)
-        expert = run.stage("finetune_expert_0", lambda: self._finetune_expert(0, routing))
-        export = run.stage("export", lambda: self._export(routing, [expert]))
-        return self._finish(run, {
+        check_metric_paths(run)
+        cfg = self.config
+        ctx = prepare(run, depth=cfg.depth, encode=cfg.encode, prompt_encoder=single_expert.constant_prompt_encoder)
+        router = single_expert.single_code_router(ctx, self.init_logit)
+        routing = run.stage("select", lambda: self._select(ctx, router))
+        expert = run.stage("finetune_expert_0",
+                           lambda: finetune_expert(ctx, 0, routing, cfg.finetune, round_to=cfg.round_to))
+        export = run.stage("export", lambda: single_expert.export_one_expert(
+            ctx, self._selected_router(ctx), routing, expert, self.init_logit))
+        return single_expert.finish(run, ctx, {
             "selection": {k: routing[k] for k in ("normalize", "num_units", "kept_units", "target")}
                          | {"macs_ratio": routing["mean_macs_ratio"]},
             "experts": [{**expert, "share": 1.0}],
             "mixture": export,
         })
 
-    def _select(self) -> dict[str, Any]:
+    def _selected_router(self, ctx: PruningContext) -> Any:
+        from prunekit_plugins.stages import load_router
+
+        return load_router(ctx, "joint", single_expert.single_code_router(ctx, self.init_logit))
+
+    def _select(self, ctx: PruningContext, router: Any) -> dict[str, Any]:
         from safetensors.torch import save_file
 
         from prunekit_plugins.baselines.budget_selection import select_under_budget
         from prunekit_plugins.baselines.unit_norms import unit_l1_norms, unit_scores
 
-        run, prunable = self.run_, self.prunable
-        h, w = self.latent_hw
+        run, prunable = ctx.run, ctx.prunable
+        h, w = ctx.latent_hw
         l1, params = unit_l1_norms(prunable)
         scores = unit_scores(l1, params, prunable.inventory, self.config.normalize)
-        mac_model = prunable.mac_model(height=h, width=w, text_len=self.text_len)
-        selection = select_under_budget(mac_model, prunable.inventory, scores, float(self.budget.target),
+        mac_model = prunable.mac_model(height=h, width=w, text_len=ctx.text_len)
+        selection = select_under_budget(mac_model, prunable.inventory, scores, float(ctx.budget.target),
                                         round_to=self.config.round_to)
         mask = selection.mask
         # The single code is the selected architecture, so the exported mixture routes to it.
-        self.router.set_mask(mask)
+        router.set_mask(mask)
 
         def write() -> None:
             run.artifact("unit_scores.json").write_text(json.dumps({
                 "normalize": self.config.normalize, "l1": l1.tolist(), "params": params.tolist(),
                 "score": scores.tolist(), "kept": mask.to(int).tolist()}))
-            save_file({k: v.detach().contiguous() for k, v in self.router.state_dict().items()},
+            save_file({k: v.detach().contiguous() for k, v in router.state_dict().items()},
                       str(run.artifact("router_joint.safetensors")))
 
         run.on_main(write)
-        return {**self._one_expert_routing(mask), "kept_units": int(mask.sum()),
+        return {**one_expert_routing(ctx, mask), "kept_units": int(mask.sum()),
                 "num_units": prunable.num_units, "normalize": self.config.normalize}

@@ -14,15 +14,21 @@ from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
 from prunekit.encode_config import EncodeConfig
-from prunekit.evaluation import EvalConfig
-from prunekit_plugins.aptp.method import (
+from prunekit_plugins.baselines import single_expert
+from prunekit_plugins.stages import (
     FINETUNE_INPUTS,
     PRUNE_INPUTS,
-    APTPConfig,
     FinetuneStageConfig,
     PruneStageConfig,
+    PruningContext,
+    finetune_expert,
+    load_router,
+    one_expert_routing,
+    prepare,
+    route_to_codes,
+    train_router,
 )
-from prunekit_plugins.baselines.single_expert import SingleArchitectureMethod
+from prunekit_plugins.stages.finish import check_metric_paths
 
 
 @dataclass
@@ -51,35 +57,61 @@ class UniArchConfig:
     round_to: int | None = option(None, ge=1, help="round pruned channel counts up to a multiple")
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     init_logit: float = option(3.0, help="initial code logit: sigmoid(3/0.4) ~ 1, i.e. start dense")
-    eval: EvalConfig = field(default_factory=EvalConfig)
     finalize: Literal["threshold", "budget"] = option(
         "threshold", help="threshold: the gate's hard mask (the paper's); budget: the highest logits that "
                           "fit the MAC budget exactly (for short runs whose code has not polarised)")
 
 
-class UniArch(SingleArchitectureMethod):
+class UniArch:
     """Learn one architecture under the MAC budget, fine-tune it on every sample."""
 
     def __init__(self, config: UniArchConfig) -> None:
+        self.config = config
         p = config.prune
-        super().__init__(APTPConfig(
-            prune=PruneStageConfig(warmup_iters=0, iters=p.iters, lr=p.lr, lr_warmup=p.lr_warmup,
-                                   lr_cooldown=p.lr_cooldown, budget_on=p.budget_on, micro_batch=p.micro_batch, grad_accum=p.grad_accum),
-            finetune=config.finetune, depth=config.depth, round_to=config.round_to,
-            encode=config.encode, eval=config.eval,
-        ))
-        self.init_logit = config.init_logit
-        self.finalize = config.finalize
+        # The router-training stage with no warm-up (there is no predictor to warm up).
+        self.prune = PruneStageConfig(warmup_iters=0, iters=p.iters, lr=p.lr, lr_warmup=p.lr_warmup,
+                                      lr_cooldown=p.lr_cooldown, budget_on=p.budget_on,
+                                      micro_batch=p.micro_batch, grad_accum=p.grad_accum)
 
-    def _route(self) -> dict[str, Any]:
-        if self.finalize == "threshold":
-            return super()._route()
+    def run(self, run: Any) -> dict[str, Any]:
+        check_metric_paths(run)
+        cfg = self.config
+        ctx = prepare(run, depth=cfg.depth, encode=cfg.encode, prompt_encoder=single_expert.constant_prompt_encoder)
+        gate = run.build("gate", groups=ctx.prunable.groups)
+
+        def new_router() -> Any:
+            return single_expert.single_code_router(ctx, cfg.init_logit)
+
+        new_router()  # draws the global RNG in the same order as every earlier run (see aptp.method)
+        losses = run.build_all("losses")
+
+        def phase(name: Any) -> dict[str, Any]:
+            record, _ = train_router(ctx, name, self.prune, new_router=new_router, gate=gate, losses=losses)
+            return record
+
+        warm = run.stage("prune_warmup", lambda: phase("warmup"))
+        joint = run.stage("prune", lambda: phase("joint"))
+        routing = run.stage("route", lambda: self._route(ctx, load_router(ctx, "joint", new_router()), gate))
+        expert = run.stage("finetune_expert_0",
+                           lambda: finetune_expert(ctx, 0, routing, cfg.finetune, round_to=cfg.round_to))
+        export = run.stage("export", lambda: single_expert.export_one_expert(
+            ctx, load_router(ctx, "joint", new_router()), routing, expert, cfg.init_logit))
+        return single_expert.finish(run, ctx, {
+            "prune": {"warmup": warm, "joint": joint},
+            "routing": {k: routing[k] for k in ("counts", "macs_ratio", "mean_macs_ratio", "target")},
+            "experts": [{**expert, "share": 1.0}],
+            "mixture": export,
+        })
+
+    def _route(self, ctx: PruningContext, router: Any, gate: Any) -> dict[str, Any]:
+        """threshold: the gate's hard mask of the code; budget: the highest logits that fit exactly."""
+        if self.config.finalize == "threshold":
+            return route_to_codes(ctx, router, gate)
         from prunekit_plugins.baselines.budget_selection import select_under_budget
 
-        self._load_router("joint")
-        h, w = self.latent_hw
-        mac_model = self.prunable.mac_model(height=h, width=w, text_len=self.text_len)
-        logits = self.router.codes.detach()[0].double().cpu()
-        selection = select_under_budget(mac_model, self.prunable.inventory, logits, float(self.budget.target),
+        h, w = ctx.latent_hw
+        mac_model = ctx.prunable.mac_model(height=h, width=w, text_len=ctx.text_len)
+        logits = router.codes.detach()[0].double().cpu()
+        selection = select_under_budget(mac_model, ctx.prunable.inventory, logits, float(ctx.budget.target),
                                         round_to=self.config.round_to)
-        return self._one_expert_routing(selection.mask)
+        return one_expert_routing(ctx, selection.mask)

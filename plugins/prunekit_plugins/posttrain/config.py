@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from prunekit.config import option
-from prunekit.evaluation import EvalConfig
 from prunekit.ops.patterns import parse_pattern
 
 _PATTERN_HELP = (
@@ -75,7 +74,6 @@ class PosttrainConfig:
 
     text_encoder: TextEncoderSparsity = field(default_factory=TextEncoderSparsity)
     unet: UNetSparsity = field(default_factory=UNetSparsity)
-    eval: EvalConfig = field(default_factory=EvalConfig)  # used when the recipe has a metrics: section
 
 
 @dataclass

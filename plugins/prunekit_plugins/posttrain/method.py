@@ -204,12 +204,11 @@ class PosttrainMethod:
 
         saved = run.stage("save_pipeline", save)
         metrics = self.metrics(pipe, results, saved)
-        if run.recipe.data.get("metrics"):
-            from prunekit.evaluation import evaluate_pipeline_stage, merge_evaluation
+        from prunekit.deployable import Deployable
 
-            evaluation = run.stage("evaluate", lambda: evaluate_pipeline_stage(run, pipe))
-            metrics["model"] = {"path": saved["path"], "sparsity": metrics["sparsity"]}
-            merge_evaluation(metrics, evaluation)
+        # The runner evaluates the pruned pipeline as it is in memory (the saved folder holds the same weights).
+        metrics["deployable"] = Deployable("pipeline", saved["path"], pipeline=pipe,
+                                           entry={"path": saved["path"], "sparsity": metrics["sparsity"]})
         return metrics
 
     def metrics(self, pipe: Any, results: dict[str, dict[str, Any]], saved: dict[str, Any]) -> dict[str, Any]:

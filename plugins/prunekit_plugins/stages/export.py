@@ -1,0 +1,48 @@
+"""Write the deployable mixture: router weights, the manifest, and (already saved) the experts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prunekit_plugins.stages.context import PruningContext
+
+
+def export_mixture(ctx: PruningContext, router: Any, routing: dict[str, Any], experts: list[dict[str, Any]],
+                   *, deployed: dict[str, Any]) -> dict[str, Any]:
+    """``artifacts/mixture/``: ``deployed`` holds the ``prompt_encoder`` and ``router`` recipe sections
+    the mixture rebuilds its router from (with ``router``'s weights)."""
+    from prunekit.mixture import save_router, write_manifest
+
+    run = ctx.run
+    folder = run.artifact("mixture")
+    total = max(1, sum(routing["counts"]))
+    if not run.is_main:
+        return {"path": str(folder), "mean_macs_ratio": routing["mean_macs_ratio"]}
+    save_router(folder, router)
+    write_manifest(
+        folder,
+        model=run.recipe.data["model"],
+        **deployed,
+        router_dims={"embed_dim": ctx.embed_dim, "num_units": ctx.num_units},
+        experts=[{"id": e["expert"], "path": e["path"], "macs": routing["macs"][e["expert"]],
+                  "macs_ratio": e["macs_ratio"], "share": routing["counts"][e["expert"]] / total}
+                 for e in experts],
+        extra={"dense_macs": routing["dense_macs"], "mean_macs_ratio": routing["mean_macs_ratio"],
+               "budget": routing["target"], "text_len": ctx.text_len, "latent_size": list(ctx.latent_hw)},
+    )
+    return {"path": str(folder), "mean_macs_ratio": routing["mean_macs_ratio"]}
+
+
+def one_expert_model_entry(ctx: PruningContext, metrics: dict[str, Any]) -> dict[str, Any]:
+    """For a single-architecture method: the exported model's MACs on its one expert entry, and a
+    ``model`` entry (what the evaluation and report read)."""
+    from prunekit.mixture import read_manifest
+
+    folder = ctx.run.artifact("mixture")
+    manifest = read_manifest(folder)
+    entry = manifest["experts"][0]
+    metrics["experts"] = [{**metrics["experts"][0], "macs": entry["macs"], "share": 1.0}]
+    metrics["model"] = {"path": str(folder / entry["path"]), "format": "prunekit.unet.expert",
+                        "macs": entry["macs"], "macs_ratio": entry["macs_ratio"],
+                        "dense_macs": manifest["dense_macs"]}
+    return metrics

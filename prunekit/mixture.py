@@ -1,47 +1,46 @@
-"""The mixture folder: what an APTP run deploys (router + prompt-encoder reference + experts).
+"""The mixture folder: what a structured-pruning run deploys, as a diffusers pipeline folder.
 
 Layout::
 
     mixture/
-      manifest.json         format, model / prompt_encoder / router recipe sections, experts
-      router.safetensors    the router's weights (predictor, codes)
-      experts/expert_00/    prunekit.unet expert folders (safetensors + config + mask)
+      model_index.json      PromptRoutedPipeline and its components (diffusers' format)
+      vae/ text_encoder/ tokenizer/ scheduler/    the shared parts, written once
+      router/               PromptRouter: router weights + the sections that rebuild it and the
+                            prompt encoder's reference (recipe section + SHA-256 of its weights)
+      experts/config.json   ExpertUNets: the expert subfolders, in routing order
+      experts/expert_00/    one PrunedUNet2DConditionModel folder per expert (loadable alone)
+      manifest.json         what prunekit adds: MACs, budget, routing shares, latent size, text length
+
+``PromptRoutedPipeline.from_pretrained(mixture)`` loads it. Folders of the first format
+(``manifest.json`` + ``router.safetensors`` + experts, the shared parts named by recipe section) still
+load through :func:`load_first_format`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-FORMAT = "prunekit-mixture/1"
+FORMAT = "prunekit-mixture/2"
+FIRST_FORMAT = "prunekit-mixture/1"
 MANIFEST = "manifest.json"
-ROUTER_FILE = "router.safetensors"
+FIRST_ROUTER_FILE = "router.safetensors"
 
 
 def expert_dir(folder: str | Path, index: int) -> Path:
     return Path(folder) / "experts" / f"expert_{index:02d}"
 
 
-def write_manifest(folder: str | Path, *, model: dict[str, Any], prompt_encoder: dict[str, Any],
-                   router: dict[str, Any], router_dims: dict[str, int], experts: list[dict[str, Any]],
-                   extra: dict[str, Any] | None = None) -> Path:
+def write_manifest(folder: str | Path, *, experts: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:
     folder = Path(folder)
     for e in experts:
         if not (folder / e["path"]).is_dir():
             raise FileNotFoundError(f"expert folder {folder / e['path']} is missing")
-    manifest = {
-        "format": FORMAT,
-        "model": model,
-        "prompt_encoder": prompt_encoder,
-        "router": router,
-        "router_dims": router_dims,
-        "experts": experts,
-        **(extra or {}),
-    }
     from prunekit.run import atomic_write_json
 
-    atomic_write_json(folder / MANIFEST, manifest)
+    atomic_write_json(folder / MANIFEST, {"format": FORMAT, "experts": experts, **(extra or {})})
     return folder / MANIFEST
 
 
@@ -50,18 +49,71 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a prunekit mixture (no {MANIFEST})")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in (FORMAT, FIRST_FORMAT):
         raise ValueError(f"{path}: unsupported format {manifest.get('format')!r} (expected {FORMAT})")
     return manifest
 
 
-def save_router(folder: str | Path, router: Any) -> None:
-    from safetensors.torch import save_file
+def write_mixture(folder: str | Path, *, base: Any, router: Any, prompt_encoder: Any,
+                  router_section: dict[str, Any], router_dims: dict[str, int],
+                  prompt_encoder_section: dict[str, Any], experts: Sequence[dict[str, Any]],
+                  extra: dict[str, Any] | None = None) -> Path:
+    """Complete ``folder`` (whose ``experts/expert_NN/`` are already written) into a mixture pipeline
+    folder: the shared parts of ``base`` (a diffusers pipeline), the router, ``experts/config.json``,
+    ``model_index.json`` and the manifest. The experts' weights are not rewritten."""
+    from prunekit.mixture_models import ExpertUNets, PromptRouter
+    from prunekit.pipeline import PromptRoutedPipeline
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}, str(Path(folder) / ROUTER_FILE))
+    folder = Path(folder)
+    names = [Path(e["path"]).name for e in experts]
+    for e in experts:
+        if not (folder / e["path"]).is_dir():
+            raise FileNotFoundError(f"expert folder {folder / e['path']} is missing")
+    container = ExpertUNets(folders=names, info=[{k: v for k, v in e.items() if k != "path"} for e in experts])
+    routed = PromptRouter.wrap(router, prompt_encoder, router_section=router_section, router_dims=router_dims,
+                               prompt_encoder_section=prompt_encoder_section)
+    parts = base.components
+    pipe = PromptRoutedPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                                scheduler=parts["scheduler"], router=routed, experts=container,
+                                safety_checker=parts.get("safety_checker"),
+                                feature_extractor=parts.get("feature_extractor"), base_pipeline=type(base).__name__,
+                                requires_safety_checker=bool(getattr(base.config, "requires_safety_checker", False)))
+    for name in ("vae", "text_encoder", "tokenizer", "scheduler", "safety_checker", "feature_extractor"):
+        part = parts.get(name)
+        if part is not None:
+            part.save_pretrained(folder / name)
+    routed.save_pretrained(folder / "router")
+    container.save_config(folder / "experts")
+    pipe.save_config(folder)  # model_index.json
+    write_manifest(folder, experts=list(experts), extra=extra)
+    return folder
 
 
-def load_router_state(folder: str | Path) -> dict[str, Any]:
+def load_first_format(cls: Any, folder: Path, *, device: str = "cpu", dtype: Any = None, registry: Any = None,
+                      base: Any = None, **_: Any) -> Any:
+    """A ``prunekit-mixture/1`` folder: the shared parts are rebuilt from the recipe's ``model`` section
+    (unless ``base`` is given), the router from its section and ``router.safetensors``."""
     from safetensors.torch import load_file
 
-    return load_file(str(Path(folder) / ROUTER_FILE))
+    from prunekit.registry import get_registry
+    from prunekit.unet import load_expert
+
+    manifest = read_manifest(folder)
+    if manifest.get("format") != FIRST_FORMAT:
+        raise FileNotFoundError(f"{folder} has no model_index.json; not a mixture pipeline folder")
+    registry = registry or get_registry()
+    if base is None:
+        base = registry.build("model", manifest["model"])
+    encoder = registry.build("prompt_encoder", manifest["prompt_encoder"])
+    router = registry.build("router", manifest["router"], **manifest["router_dims"])
+    router.load_state_dict(load_file(str(folder / FIRST_ROUTER_FILE)))
+    router.eval()
+    if dtype is None:  # experts compute in the base's dtype, whatever dtype they were saved in
+        dtype = base.unet.dtype
+    experts = [load_expert(folder / entry["path"], device=device, dtype=dtype) for entry in manifest["experts"]]
+    base = base.to(device)
+    if dtype is not None:
+        base = base.to(dtype=dtype)
+    pipe = cls.from_parts(base, encoder, router, experts, manifest, router_section=manifest["router"],
+                          router_dims=manifest["router_dims"], prompt_encoder_section=manifest["prompt_encoder"])
+    return pipe

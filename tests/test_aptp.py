@@ -29,7 +29,8 @@ def test_all_stages_complete_and_mixture_is_consistent(smoke_run):
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == ["encode", "prune_warmup", "prune", "route", *[f"finetune_expert_{i}" for i in range(4)], "export"]
     manifest = json.loads((out / "artifacts" / "mixture" / "manifest.json").read_text())
-    assert len(manifest["experts"]) == 4 and manifest["router"]["name"] == "aptp"
+    router_config = json.loads((out / "artifacts" / "mixture" / "router" / "config.json").read_text())
+    assert len(manifest["experts"]) == 4 and router_config["router"]["name"] == "aptp"
     counts = metrics["routing"]["counts"]
     assert sum(counts) == 64
     assert [e["samples"] for e in metrics["experts"]] == counts
@@ -54,10 +55,31 @@ def test_mixture_pipeline_keeps_input_order_and_matches_each_expert_alone(smoke_
     result = pipe(prompts, seed=10, **kwargs)
     assert result.experts == pipe.route(prompts)
     for i, prompt in enumerate(prompts):
-        alone = pipe._pipes[result.experts[i]](
+        alone = pipe.expert_pipeline(result.experts[i])(
             [prompt], generator=[torch.Generator().manual_seed(10 + i)], **kwargs
         ).images[0]
         np.testing.assert_allclose(result.images[i], alone, atol=1e-5)
+
+
+def test_an_expert_of_the_run_loads_in_diffusers_and_draws_what_the_mixture_draws(smoke_run, tmp_path):
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    from prunekit.pipeline import PromptRoutedPipeline
+
+    out, _ = smoke_run
+    mixture_dir = out / "artifacts" / "mixture"
+    pipe = PromptRoutedPipeline.from_pretrained(mixture_dir)
+    prompts = ["a large red circle", "a small blue square", "a small green triangle"]
+    expert = pipe.route(prompts)[0]
+    pipe.save_expert_pipeline(expert, tmp_path / "expert")
+    alone = DiffusionPipeline.from_pretrained(tmp_path / "expert")
+    alone.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, output_type="np", height=32, width=32)
+    inside = pipe(prompts[:1], generator=[torch.Generator().manual_seed(7)], **kwargs).images
+    loaded = alone(prompts[:1], generator=[torch.Generator().manual_seed(7)], **kwargs).images
+    np.testing.assert_allclose(loaded, inside, atol=1e-5)
+    with pytest.raises(ValueError, match="PrunedUNet2DConditionModel"):
+        UNet2DConditionModel.from_pretrained(mixture_dir / "experts" / f"expert_{expert:02d}")
 
 
 def test_router_ot_balances_where_nearest_code_collapses():
@@ -134,8 +156,8 @@ def test_kill_and_resume_gives_the_same_final_state(tmp_path):
 
     from safetensors.torch import load_file
 
-    for name in ["router_joint.safetensors", "mixture/router.safetensors",
-                 *[f"mixture/experts/expert_{i:02d}/model.safetensors" for i in range(4)]]:
+    for name in ["router_joint.safetensors", "mixture/router/diffusion_pytorch_model.safetensors",
+                 *[f"mixture/experts/expert_{i:02d}/diffusion_pytorch_model.safetensors" for i in range(4)]]:
         a, b = load_file(full / "artifacts" / name), load_file(killed / "artifacts" / name)
         assert a.keys() == b.keys()
         for key in a:

@@ -170,8 +170,8 @@ def test_uni_arch_trains_one_code_that_every_prompt_uses(tmp_path):
                                                              "method.init_logit=0.3", "method.finetune.iters=1"],
                             output=out)
     codes = load_file(out / "artifacts" / "router_joint.safetensors")["codes"]
-    manifest = json.loads((out / "artifacts" / "mixture" / "manifest.json").read_text())
-    assert manifest["router"]["name"] == "single_code" and codes.shape == (1, manifest["router_dims"]["num_units"])
+    router = json.loads((out / "artifacts" / "mixture" / "router" / "config.json").read_text())
+    assert router["router"]["name"] == "single_code" and codes.shape == (1, router["router_dims"]["num_units"])
     assert not torch.allclose(codes, torch.full_like(codes, 0.3)), "the code was not trained"
     history = json.loads((out / "artifacts" / "prune_joint_history.json").read_text())
     assert len(history) == 8 and history[-1]["macs_ratio"] < history[0]["macs_ratio"]

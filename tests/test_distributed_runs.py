@@ -25,8 +25,8 @@ ARGS = ["method.encode.shard_size=16", "method.prune.warmup_iters=4", "method.pr
         "engine.checkpoint_every=4", "method.finetune.iters=2", "eval.samples_per_expert=1",
         # an evaluate stage, so generation split over ranks is exercised too
         "eval.prompts=12", "eval.steps=3", "metrics.macs={}", "metrics.domain_fid={}"]
-ROUTER_FILES = ["router_warmup.safetensors", "router_joint.safetensors", "mixture/router.safetensors"]
-EXPERT_FILES = [f"mixture/experts/expert_{i:02d}/model.safetensors" for i in range(4)]
+ROUTER_FILES = ["router_warmup.safetensors", "router_joint.safetensors", "mixture/router/diffusion_pytorch_model.safetensors"]
+EXPERT_FILES = [f"mixture/experts/expert_{i:02d}/diffusion_pytorch_model.safetensors" for i in range(4)]
 
 
 def _free_port() -> int:

@@ -55,7 +55,7 @@ def routed():
     masks = [torch.rand(prunable.num_units, generator=g) > p for p in (0.6, 0.2)]
     experts = [physically_prune(prunable, m).eval() for m in masks]
     prunable.restore()
-    return PromptRoutedPipeline(base, WordCountEncoder(), LongPromptRouter(), experts)
+    return PromptRoutedPipeline.from_parts(base, WordCountEncoder(), LongPromptRouter(), experts)
 
 
 def test_generate_keeps_input_order_and_each_image_is_its_expert_alone(routed):
@@ -70,7 +70,7 @@ def test_generate_keeps_input_order_and_each_image_is_its_expert_alone(routed):
         expected = np.clip(np.round(alone * 255), 0, 255).astype(np.uint8).transpose(2, 0, 1)
         assert np.abs(out.images[i].numpy().astype(int) - expected.astype(int)).max() <= 1, i
     # the teacher alone, same seeds: a different network gives different images
-    teacher = generate(routed.base, PROMPTS[:2], CONFIG)
+    teacher = generate(routed.teacher, PROMPTS[:2], CONFIG)
     assert teacher.experts is None and not torch.equal(teacher.images, out.images[:2])
 
 
@@ -78,9 +78,10 @@ def test_with_scheduler_leaves_the_given_pipeline_alone(routed):
     from diffusers import DDPMScheduler, PNDMScheduler
 
     swapped = with_scheduler(routed, "pndm")
-    assert type(routed.base.scheduler) is DDPMScheduler
-    assert type(swapped.base.scheduler) is PNDMScheduler and swapped.base.scheduler.config.skip_prk_steps
-    assert swapped.experts[1] is routed.experts[1] and swapped.base.vae is routed.base.vae
+    assert type(routed.scheduler) is DDPMScheduler
+    assert type(swapped.scheduler) is PNDMScheduler and swapped.scheduler.config.skip_prk_steps
+    assert type(swapped.expert_pipeline(0).scheduler) is PNDMScheduler
+    assert swapped.experts[1] is routed.experts[1] and swapped.vae is routed.vae
     resized = generate(routed, PROMPTS[:2], EvalConfig(steps=1, resolution=16, resize=24))
     assert resized.images.shape == (2, 3, 24, 24) and (resized.height, resized.width) == (16, 16)
 
@@ -114,7 +115,7 @@ def test_evaluate_runs_every_metric_on_the_mixture_and_on_each_expert(routed):
     assert result["experts"][1]["metrics"] == {"quality": pytest.approx(float(expert1.images.float().mean())),
                                                "quality_n": 3}
     with pytest.raises(PluginError, match="both report 'quality'"):
-        evaluate(routed.base, PROMPTS[:2], {"a": quality, "b": Recorder("quality")}, CONFIG)
+        evaluate(routed.teacher, PROMPTS[:2], {"a": quality, "b": Recorder("quality")}, CONFIG)
 
 
 def test_macs_and_latency_plugins_measure_teacher_experts_and_mixture(routed):
@@ -125,7 +126,7 @@ def test_macs_and_latency_plugins_measure_teacher_experts_and_mixture(routed):
     latency = registry.build("metric", {"name": "latency", "repeats": 1, "warmup": 0, "steps": 1})
     result = evaluate(routed, PROMPTS[:3], {"macs": macs, "latency": latency}, CONFIG)["metrics"]
     per_expert = [measure_macs(e, height=8, width=8, text_len=32) for e in routed.experts]
-    dense = measure_macs(routed.base.unet, height=8, width=8, text_len=32)
+    dense = measure_macs(routed.teacher.unet, height=8, width=8, text_len=32)
     assert per_expert[0] < per_expert[1] < dense
     assert result["macs_teacher"] == dense and result["macs_expert_01"] == per_expert[1]
     assert result["macs"] == pytest.approx((2 * per_expert[0] + per_expert[1]) / 3)  # routed 0, 1, 0

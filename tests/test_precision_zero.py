@@ -32,7 +32,7 @@ SWITCHES = {
 
 
 # Artefacts trained by a continuous objective (no argmax on the way), compared weight by weight.
-CONTINUOUS = {"aptp_smoke": ["router_warmup.safetensors"], "norm": ["mixture/experts/expert_00/model.safetensors"],
+CONTINUOUS = {"aptp_smoke": ["router_warmup.safetensors"], "norm": ["mixture/experts/expert_00/diffusion_pytorch_model.safetensors"],
               "uni_arch": [], "dense_finetune": ["pipeline/unet/diffusion_pytorch_model.safetensors"]}
 
 

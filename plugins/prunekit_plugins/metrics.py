@@ -297,7 +297,7 @@ def _unets(pipeline: Any) -> tuple[Any, list[Any]]:
     from prunekit.evaluation import is_routed
 
     if is_routed(pipeline):
-        return pipeline.base.unet, list(pipeline.experts)
+        return pipeline.teacher.unet, list(pipeline.experts)
     return pipeline.unet, []
 
 
@@ -311,14 +311,12 @@ class Macs:
         self.config = config
 
     def __call__(self, batch: Any) -> dict[str, float]:
-        from prunekit.evaluation import is_routed
         from prunekit.unet import measure_macs
 
         pipe = batch.extra["pipeline"]
-        base = pipe.base if is_routed(pipe) else pipe
         size = self.config.resolution or int(batch.extra["height"])
-        latent = size // int(getattr(base, "vae_scale_factor", 8))
-        text_len = self.config.text_len or int(base.tokenizer.model_max_length)
+        latent = size // int(getattr(pipe, "vae_scale_factor", 8))
+        text_len = self.config.text_len or int(pipe.tokenizer.model_max_length)
         teacher, experts = _unets(pipe)
 
         def count(unet: Any) -> float:
@@ -380,7 +378,7 @@ class Latency:
                       guidance_scale=eval_cfg.guidance_scale if eval_cfg is not None else 7.5)
         candidates: dict[str, Any] = {}
         if is_routed(pipe):
-            candidates["teacher"] = pipe.base
+            candidates["teacher"] = pipe.teacher
             for i in range(len(pipe.experts)):
                 candidates[f"expert_{i:02d}"] = expert_pipeline(pipe, i)
             candidates["mixture"] = pipe

@@ -63,13 +63,15 @@ def with_scheduler(pipeline: Any, name: str) -> Any:
     """
     if name == "pipeline":
         return pipeline
-    if is_routed(pipeline):
-        from prunekit.pipeline import PromptRoutedPipeline
-
-        base = with_scheduler(pipeline.base, name)
-        return PromptRoutedPipeline(base, pipeline.prompt_encoder, pipeline.router, pipeline.experts, pipeline.manifest)
     extra = {"skip_prk_steps": True} if name == "pndm" else {}
     scheduler = _scheduler_class(name).from_config(pipeline.scheduler.config, **extra)
+    if is_routed(pipeline):
+        swapped = type(pipeline)(**{**pipeline.components, "scheduler": scheduler},
+                                 base_pipeline=pipeline.config.base_pipeline,
+                                 requires_safety_checker=pipeline.config.requires_safety_checker)
+        swapped.manifest, swapped.teacher = pipeline.manifest, pipeline.teacher
+        swapped.set_progress_bar_config(disable=True)
+        return swapped
     swapped = same_dtype_pipe(pipeline, scheduler=scheduler)
     swapped.set_progress_bar_config(disable=True)
     return swapped
@@ -85,14 +87,14 @@ def same_dtype_pipe(pipeline: Any, **components: Any) -> Any:
 
 def expert_pipeline(routed: Any, index: int) -> Any:
     """The plain diffusers pipeline of one expert of a :class:`PromptRoutedPipeline`."""
-    swapped = same_dtype_pipe(routed.base, unet=routed.experts[index])
+    swapped = routed.expert_pipeline(index)
     swapped.set_progress_bar_config(disable=True)
     return swapped
 
 
 def native_resolution(pipeline: Any) -> int:
-    base = pipeline.base if is_routed(pipeline) else pipeline
-    return int(base.unet.config.sample_size) * int(getattr(base, "vae_scale_factor", 8))
+    unet = pipeline.experts[0] if is_routed(pipeline) else pipeline.unet
+    return int(unet.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 8))
 
 
 def to_uint8(images: Any) -> Any:

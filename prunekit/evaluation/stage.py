@@ -26,7 +26,12 @@ def load_mixture(mixture_dir: str | Path, registry: Any, *, base: Any = None, de
 
     if device is None:
         device = str(base.device) if base is not None else "cpu"
-    return PromptRoutedPipeline.from_pretrained(mixture_dir, device=device, registry=registry, base=base)
+    mixture = PromptRoutedPipeline.from_pretrained(mixture_dir, device=device, registry=registry, base=base)
+    if base is None:  # the dense model the mixture was cut from, as its manifest names it
+        base = registry.build("model", mixture.manifest["model"]).to(device)
+        base.set_progress_bar_config(disable=True)
+    mixture.teacher = base
+    return mixture
 
 
 def _eval_setup(recipe_data: Mapping[str, Any], registry: Any, log: logging.Logger,
@@ -76,7 +81,7 @@ def evaluate_mixture(mixture_dir: str | Path, recipe_data: Mapping[str, Any], re
     mixture = load_mixture(mixture_dir, registry, base=base, device=device)
     out: dict[str, Any] = {"settings": {**asdict(config), "dataset": section}, "prompts": len(prompts), "data": data}
     if config.teacher:
-        out["teacher"] = evaluate(mixture.base, prompts, metrics, config, real_images=real, attributes=attributes,
+        out["teacher"] = evaluate(mixture.teacher, prompts, metrics, config, real_images=real, attributes=attributes,
                                   role="teacher", log=log, collective=collective, folder=folder)
     evaluated = evaluate(mixture, prompts, metrics, config, real_images=real, attributes=attributes, role="mixture",
                          log=log, collective=collective, folder=folder)

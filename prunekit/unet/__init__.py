@@ -5,8 +5,9 @@ Typical use::
     prunable = make_prunable(unet)                      # hooks only; weights are shared, not copied
     out = prunable(x, t, text, gates=gates)             # gates: (units,) or (batch, units)
     macs = prunable.mac_model(height=32, width=32)(gates)
-    expert = physically_prune(prunable, mask)           # a smaller stock UNet2DConditionModel
-    save_expert(expert, mask, "experts/0"); load_expert("experts/0")
+    expert = physically_prune(prunable, mask)           # a PrunedUNet2DConditionModel
+    expert.save_pretrained("experts/0")                 # or save_expert(expert, mask, "experts/0")
+    PrunedUNet2DConditionModel.from_pretrained("experts/0")
 """
 
 from .configs import sd15_unet_config, sd21_unet_config, sdxl_unet_config
@@ -23,6 +24,7 @@ from .macs import (
     paper_convention_macs,
 )
 from .prune import physically_prune, round_mask
+from .pruned_model import PrunedUNet2DConditionModel, pruning_entry
 
 __all__ = [
     "DEPTH_KINDS",
@@ -32,6 +34,7 @@ __all__ = [
     "Layer",
     "MacModel",
     "PrunableUNet",
+    "PrunedUNet2DConditionModel",
     "Unit",
     "build_inventory",
     "count_macs",
@@ -43,6 +46,7 @@ __all__ = [
     "measure_macs",
     "paper_convention_macs",
     "physically_prune",
+    "pruning_entry",
     "read_expert_spec",
     "round_mask",
     "save_expert",

@@ -12,7 +12,7 @@ see :mod:`pruned_modules`. Width units inside a depth-pruned block are ignored (
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from .pruned_modules import (
     SkippedResnet,
     SkippedTransformer,
 )
+
+if TYPE_CHECKING:
+    from .pruned_model import PrunedUNet2DConditionModel
 
 # target state-dict key -> (source key, dim to slice along or None, indices or None)
 SliceMap = dict[str, tuple[str, int | None, torch.Tensor | None]]
@@ -233,15 +236,19 @@ def meta_skeleton(config: Any, class_name: str = "UNet2DConditionModel") -> nn.M
 
 def physically_prune(model: nn.Module, mask: Any, *, round_to: int | None = None,
                      scores: torch.Tensor | None = None, depth: DepthLayout = "aptp",
-                     ffn_groups: int = 32) -> nn.Module:
-    """A smaller stock ``UNet2DConditionModel`` equal to the gated model under ``mask``.
+                     ffn_groups: int = 32) -> PrunedUNet2DConditionModel:
+    """A smaller U-Net (a :class:`PrunedUNet2DConditionModel`) equal to the gated model under ``mask``.
 
     ``model``: a PrunableUNet (its unit layout is used) or a stock U-Net (layout from ``depth`` and
     ``ffn_groups``). ``mask``: (units,) bool / 0-1 (soft values are thresholded at 0.5). ``round_to``:
     see :func:`round_mask`; the result then equals the gated model under ``round_mask(...)``.
     The input model is not modified and shares no storage with the result.
     """
+    from .pruned_model import PrunedUNet2DConditionModel, pruned_skeleton, pruning_entry
+
     unet = getattr(model, "unet", model)
+    if isinstance(unet, PrunedUNet2DConditionModel):
+        raise ValueError("the model is already pruned; prune its dense U-Net with the combined mask instead")
     source = unet.state_dict()
     # Checked first: the architecture is rebuilt from the config, so the model must be what it describes.
     pruned = meta_skeleton(unet.config, type(unet).__name__)
@@ -256,6 +263,9 @@ def physically_prune(model: nn.Module, mask: Any, *, round_to: int | None = None
     if round_to is not None:
         keep = round_mask(model, mask, round_to, scores=scores, depth=depth, ffn_groups=ffn_groups)
     slices = apply_structure(pruned, inventory, keep)
+    # The result is a PrunedUNet2DConditionModel: its config says how it was cut, so it saves and loads
+    # through diffusers' own loader.
+    pruned = pruned_skeleton(unet.config, pruning_entry(inventory, keep, round_to=round_to))
     state: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for key in pruned.state_dict():

@@ -37,6 +37,12 @@ class MissingPathError(PrunekitError):
     exit_code = 2
 
 
+class UsageError(PrunekitError):
+    """A command-line argument is invalid (outside what a recipe says)."""
+
+    exit_code = 2
+
+
 class NonFiniteLossError(PrunekitError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 

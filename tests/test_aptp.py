@@ -82,6 +82,25 @@ def test_an_expert_of_the_run_loads_in_diffusers_and_draws_what_the_mixture_draw
         UNet2DConditionModel.from_pretrained(mixture_dir / "experts" / f"expert_{expert:02d}")
 
 
+def test_export_command_writes_one_expert_as_a_pipeline_folder(smoke_run, tmp_path, capsys):
+    from diffusers import DiffusionPipeline
+
+    from prunekit.cli import main
+    from prunekit.unet import PrunedUNet2DConditionModel
+
+    out, _ = smoke_run
+    mixture_dir = out / "artifacts" / "mixture"
+    assert main(["export", str(mixture_dir), "2", str(tmp_path / "e2")]) == 0
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "e2")
+    assert isinstance(pipe.unet, PrunedUNet2DConditionModel)
+    assert pipe.unet.config.pruning["mask"] == json.loads(
+        (mixture_dir / "experts" / "expert_02" / "config.json").read_text())["pruning"]["mask"]
+    capsys.readouterr()
+    assert main(["export", str(mixture_dir), "9", str(tmp_path / "e9")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: expert 9 does not exist: the mixture has experts 0..3"]
+    assert not (tmp_path / "e9").exists()
+
+
 def test_router_ot_balances_where_nearest_code_collapses():
     from prunekit_plugins.aptp.router import APTPRouterConfig, build_router
 

@@ -125,8 +125,8 @@ def save_expert(unet: nn.Module, mask: Any, folder: str | os.PathLike, *, base_c
     try:
         save_file(state, str(tmp_weights), metadata={"format": FORMAT})
         for name, payload in files.items():
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-            temps[name] = Path(tmp)
+            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+            temps[name] = Path(tmp_name)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(payload)
     except BaseException:

@@ -188,8 +188,8 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, title: st
         if len(line) > 1:
             draw.line(line, fill=color, width=2)
         if len(line) <= 40:  # few points (a sweep, a short run): mark each one
-            for x, y in line:
-                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+            for cx, cy in line:
+                draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=color)
     for value, color in zip(refs.values(), colors[len(series):]):
         _, py = axes.px(axes.x0, value)
         for x in range(box[0], box[2], 10):
@@ -329,8 +329,8 @@ def image_grid(rows: Sequence[Sequence[Any]], *, row_labels: Sequence[str] | Non
         _, h = _text_size(draw, label, font)
         draw.text((6, y + (cell - h) / 2), label, fill=INK, font=font)
         for c, tile in enumerate(row):
-            image.paste(tile.convert("RGB").resize((cell, cell), Image.NEAREST if tile.width < cell else Image.BICUBIC),
-                        (label_w + c * (cell + 4), y))
+            resample = Image.Resampling.NEAREST if tile.width < cell else Image.Resampling.BICUBIC
+            image.paste(tile.convert("RGB").resize((cell, cell), resample), (label_w + c * (cell + 4), y))
     return image
 
 

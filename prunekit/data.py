@@ -207,3 +207,18 @@ def preflight_data(recipe_data: Mapping[str, Any], registry: Any) -> list[str]:
             found = list(config.probe_samples() or [])
         problems.extend(p.replace("set dataset.", f"set {where}.") for p in found)
     return problems
+
+
+def preflight_budget(recipe_data: Mapping[str, Any], registry: Any) -> list[str]:
+    """What ``prunekit validate`` says about the files a recipe's budget reads (a latency table): the
+    budget schema's ``preflight()``, one line per problem; never imports torch."""
+    from prunekit.config import instantiate_schema
+
+    section = recipe_data.get("budget")
+    if not isinstance(section, Mapping):
+        return []
+    component = registry.find("budget", str(section.get("name")))
+    if component is None or component.schema is None or not hasattr(component.schema, "preflight"):
+        return []
+    options = {k: v for k, v in section.items() if k != "name"}
+    return list(instantiate_schema(component.schema, options).preflight() or [])

@@ -81,7 +81,8 @@ class Budget(Protocol):
 
     ``ratio(gates)`` is differentiable (…, units) → (…): the cost of each gate vector over the dense
     model's; ``cost_of(mask)`` the absolute cost of one hard mask (None: the dense model);
-    ``dense`` the dense model's cost; ``target`` the ratio the method aims at.
+    ``dense`` the dense model's cost; ``target`` the ratio the method aims at. Optionally ``files``,
+    ``{artifact name: path}``: files the budget read (a latency table), copied into the run directory.
     """
 
     target: float

@@ -15,6 +15,7 @@ Layout under ``RUN/artifacts/``::
     evaluation.json               the last evaluation (:mod:`prunekit.evaluation`)
     eval_images/<role>/           the images the evaluation scored, and its resume point
     prompt_complexity.json        the dataset's complexity of each training prompt, for the report
+    latency_table.json            the latency budget's table, as the run used it (a budget's ``files``)
 
 Every function takes a run directory or a :class:`~prunekit.run.Run` (anything with ``.dir``).
 Writers write whole files atomically; under a launcher call them on rank 0 (``run.on_main``).
@@ -23,7 +24,7 @@ Writers write whole files atomically; under a launcher call them on rank 0 (``ru
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ EVALUATION = "evaluation.json"
 EVAL_IMAGES = "eval_images"
 COMPLEXITY = "prompt_complexity.json"
 HISTORY_SUFFIX = "_history.json"
+LATENCY_TABLE = "latency_table.json"
 
 
 def _root(where: Any) -> Path:
@@ -152,3 +154,19 @@ def read_histories(where: Any) -> dict[str, list[dict[str, Any]]]:
     """Every ``<name>_history.json`` of a run, by ``name``, in name order."""
     return {p.name[: -len(HISTORY_SUFFIX)]: json.loads(p.read_text())
             for p in sorted(artifacts_dir(where).glob(f"*{HISTORY_SUFFIX}"))}
+
+
+def keep_copies(where: Any, files: Mapping[str, Any]) -> list[Path]:
+    """Copy files a component read (``{artifact name: source path}``, e.g. a budget's latency table)
+    into ``artifacts/``, so the run directory records what it used; returns the copies."""
+    import shutil
+
+    copies = []
+    for name, source in files.items():
+        target = artifacts_dir(where) / Path(name).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+        copies.append(target)
+    return copies

@@ -9,4 +9,4 @@ DeepSpeed: a command module imports what its command needs inside its functions.
 from __future__ import annotations
 
 # In the order ``prunekit --help`` lists them.
-COMMANDS = ("run", "validate", "generate", "export", "sweep", "eval", "report", "plugins")
+COMMANDS = ("run", "validate", "profile", "generate", "export", "sweep", "eval", "report", "plugins")

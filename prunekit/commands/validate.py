@@ -14,7 +14,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--print", action="store_true", dest="show", help="print the resolved recipe")
     parser.add_argument("--no-data", action="store_false", dest="check_data",
-                        help="skip the data checks (paths exist here, a sample reads): a recipe for another machine")
+                        help="skip the data checks (dataset paths exist here, a sample reads, the budget's files "
+                             "such as a latency table exist): a recipe for another machine")
     parser.set_defaults(func=main)
     return parser
 
@@ -26,11 +27,12 @@ def main(args: argparse.Namespace) -> int:
     if args.show:
         print(loaded.to_yaml(), end="")
     if args.check_data:  # a dataset path that does not exist here, or data without one readable sample
-        from prunekit.data import preflight_data
+        from prunekit.data import preflight_budget, preflight_data
         from prunekit.errors import MissingPathError
         from prunekit.registry import get_registry
 
-        problems = preflight_data(loaded.data, get_registry())
+        registry = get_registry()
+        problems = preflight_data(loaded.data, registry) + preflight_budget(loaded.data, registry)
         if problems:
             raise MissingPathError("\n".join(problems))
     print(f"{args.recipe}: valid (method {loaded.data['method']['name']!r})", file=sys.stderr)

@@ -1,6 +1,7 @@
-"""Choose the units to keep so that the pruned U-Net meets a MAC budget, by score.
+"""Choose the units to keep so that the pruned U-Net meets a budget (MACs, latency), by score.
 
-Greedy on the exact MAC model: remove the lowest-scoring removable unit anywhere in the network
+The cost is the recipe's budget (``cost_of(mask)`` and ``dense``, :class:`prunekit.interfaces.Budget`)
+or a MAC model (called on the mask). Greedy on that exact cost: remove the lowest-scoring removable unit anywhere in the network
 until the MACs are at or below the target; then add back, highest score first, removed units that
 still fit, so the result lands just under the target instead of up to one unit's MACs below it.
 A width layer never loses its last unit. With ``round_to``, a width layer only takes kept counts
@@ -56,16 +57,23 @@ def _step(group: _Group, scores: Any, direction: int) -> tuple[float, list[int]]
     return sum(float(scores[u]) for u in units) / len(units), units
 
 
-def select_under_budget(mac_model: Any, inventory: Any, scores: Any, target_ratio: float, *,
+def select_under_budget(cost_model: Any, inventory: Any, scores: Any, target_ratio: float, *,
                         round_to: int | None = None) -> Selection:
-    """Keep the highest-scoring units whose MACs (``mac_model``, exact) stay within ``target_ratio``
-    of the dense model's. Raises ``ValueError`` if even the smallest allowed architecture is too big."""
+    """Keep the highest-scoring units whose cost (``cost_model``: a budget, or a MAC model) stays within
+    ``target_ratio`` of the dense model's. Raises ``ValueError`` if even the smallest allowed
+    architecture is too big. ``Selection.macs`` is the cost in the budget's unit."""
     import torch
 
-    target = target_ratio * mac_model.dense
-    tolerance = 1e-9 * mac_model.dense  # float64 sums of per-unit coefficients
+    if hasattr(cost_model, "cost_of"):
+        cost, unit = cost_model.cost_of, str(getattr(cost_model, "unit", "cost"))
+    else:
+        cost, unit = (lambda m: float(cost_model(m))), "MACs"
+    what = "MAC" if unit == "MACs" else "latency" if unit == "s" else unit
+    dense = float(cost_model.dense)
+    target = target_ratio * dense
+    tolerance = 1e-9 * dense  # float64 sums of per-unit coefficients
     mask = torch.ones(inventory.num_units, dtype=torch.float64)
-    macs = float(mac_model(mask))
+    macs = float(cost(mask))
     groups = _groups(inventory, scores, round_to)
 
     heap: list[tuple[float, int, int]] = []
@@ -79,8 +87,8 @@ def select_under_budget(mac_model: Any, inventory: Any, scores: Any, target_rati
         push(g, -1)
     while macs > target + tolerance:
         if not heap:
-            raise ValueError(f"a MAC budget of {target_ratio:.4f} cannot be met: the smallest architecture this "
-                             f"unit inventory allows costs {macs / mac_model.dense:.4f} of the dense MACs")
+            raise ValueError(f"a {what} budget of {target_ratio:.4f} cannot be met: the smallest architecture this "
+                             f"unit inventory allows costs {macs / dense:.4f} of the dense {what}")
         _, g, kept = heapq.heappop(heap)
         if groups[g].kept != kept:
             continue
@@ -88,7 +96,7 @@ def select_under_budget(mac_model: Any, inventory: Any, scores: Any, target_rati
         assert step is not None
         mask[step[1]] = 0.0
         groups[g].kept -= len(step[1])
-        macs = float(mac_model(mask))
+        macs = float(cost(mask))
         push(g, -1)
 
     heap = []
@@ -102,10 +110,10 @@ def select_under_budget(mac_model: Any, inventory: Any, scores: Any, target_rati
         assert step is not None
         trial = mask.clone()
         trial[step[1]] = 1.0
-        trial_macs = float(mac_model(trial))
+        trial_macs = float(cost(trial))
         if trial_macs > target + tolerance:
-            continue  # MACs only grow from here, so this group's later additions cannot fit either
+            continue  # costs only grow from here, so this group's later additions cannot fit either
         mask, macs = trial, trial_macs
         groups[g].kept += len(step[1])
         push(g, +1)
-    return Selection(mask.bool(), macs, macs / mac_model.dense, target_ratio)
+    return Selection(mask.bool(), macs, macs / dense, target_ratio)

@@ -81,11 +81,10 @@ class NormPruning:
         from prunekit_plugins.baselines.unit_norms import unit_l1_norms, unit_scores
 
         run, prunable = ctx.run, ctx.prunable
-        h, w = ctx.latent_hw
         l1, params = unit_l1_norms(prunable)
         scores = unit_scores(l1, params, prunable.inventory, self.config.normalize)
-        mac_model = prunable.mac_model(height=h, width=w, text_len=ctx.text_len)
-        selection = select_under_budget(mac_model, prunable.inventory, scores, float(ctx.budget.target),
+        # The recipe's budget (MACs, measured latency, ...) is what the selection must meet.
+        selection = select_under_budget(ctx.budget, prunable.inventory, scores, float(ctx.budget.target),
                                         round_to=self.config.round_to)
         mask = selection.mask
         # The single code is the selected architecture, so the exported mixture routes to it.

@@ -109,9 +109,7 @@ class UniArch:
             return route_to_codes(ctx, router, gate)
         from prunekit_plugins.baselines.budget_selection import select_under_budget
 
-        h, w = ctx.latent_hw
-        mac_model = ctx.prunable.mac_model(height=h, width=w, text_len=ctx.text_len)
         logits = router.codes.detach()[0].double().cpu()
-        selection = select_under_budget(mac_model, ctx.prunable.inventory, logits, float(ctx.budget.target),
+        selection = select_under_budget(ctx.budget, ctx.prunable.inventory, logits, float(ctx.budget.target),
                                         round_to=self.config.round_to)
         return one_expert_routing(ctx, selection.mask)

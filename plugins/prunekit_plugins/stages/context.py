@@ -64,6 +64,11 @@ def prepare(run: Run, *, depth: str, encode: EncodeConfig, prompt_encoder: Calla
     text_len = int(encoded.shapes["text"][0])
     prunable = make_prunable(pipeline.unet, depth=None if depth == "none" else depth)
     budget = run.build("budget", prunable=prunable, height=latent_h, width=latent_w, text_len=text_len)
+    files = getattr(budget, "files", None)  # what the budget read (a latency table): the run keeps a copy
+    if files:
+        from prunekit import run_files
+
+        run.on_main(lambda: run_files.keep_copies(run, files))
     run.log.info("prunable U-Net: %d units (%d depth); latent %dx%d, text length %d; dense %.4g %s",
                  prunable.num_units, len(prunable.depth_indices), latent_h, latent_w, text_len,
                  budget.dense, budget.unit)

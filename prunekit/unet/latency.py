@@ -401,10 +401,12 @@ def profile_latency(unet: nn.Module, *, height: int, width: int, text_len: int =
     blocks = {path: medians[(same_as[path], -1)] for path in block_paths}
     import diffusers
 
+    config: Any = unet.config  # a diffusers FrozenDict
+
     table = LatencyTable(
         device=str(device), device_name=_describe_device(device),
         dtype={v: k for k, v in DTYPES.items()}.get(dtype, str(dtype)), batch=batch, height=height, width=width,
-        text_len=text_len, unet_class=type(unet).__name__, unet_config_hash=unet_config_hash(unet.config),
+        text_len=text_len, unet_class=type(unet).__name__, unet_config_hash=unet_config_hash(config),
         interpolation="staircase" if tile else "linear", dense_s=medians["dense"], layers=layers, blocks=blocks,
         tile=tile, threads=torch.get_num_threads() if device.type == "cpu" else None,
         torch_version=torch.__version__, diffusers_version=diffusers.__version__, repeats=repeats,
@@ -480,8 +482,10 @@ def check_uniform(unet: nn.Module, table: LatencyTable, *, fractions: Sequence[f
         for fraction in fractions:
             mask = uniform_mask(inventory, fraction)
             pruned = physically_prune(unet, mask, depth="all", ffn_groups=ffn_groups).eval()
-            dense_s, pruned_s, measured = interleaved_ratio(lambda: unet(*args, **kwargs),
-                                                            lambda p=pruned: p(*args, **kwargs),
+            def run_pruned(p: nn.Module = pruned) -> object:
+                return p(*args, **kwargs)
+
+            dense_s, pruned_s, measured = interleaved_ratio(lambda: unet(*args, **kwargs), run_pruned,
                                                             repeats=repeats, warmup=warmup, device=device)
             predicted = float(model.ratio(mask.double()))
             rows.append({"fraction": fraction, "predicted_ratio": round(predicted, 6),

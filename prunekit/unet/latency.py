@@ -281,14 +281,16 @@ def _capture_inputs(unet: nn.Module, paths: Sequence[str], args: tuple, kwargs: 
 def node_widths(layer: Layer, *, points: int, tile: int | None) -> list[int]:
     """Kept unit counts at which a layer is measured (0 and all included).
 
-    Without ``tile``: ``points`` evenly spaced counts. With ``tile`` (channels): the largest count at or
-    below every multiple of ``tile`` channels, i.e. the top of each step of a tile-quantised staircase.
+    Without ``tile``: ``points`` evenly spaced counts, plus one unit: a zero-width layer is a stand-in
+    that costs next to nothing (:mod:`~prunekit.unet.pruned_modules`), so latency jumps between 0 and
+    one unit and is only linear above. With ``tile`` (channels): the largest count at or below every
+    multiple of ``tile`` channels, i.e. the top of each step of a tile-quantised staircase.
     """
     if tile:
         steps = math.ceil(layer.channels / tile)
         ks = {min(layer.count, (m * tile) // layer.size) for m in range(steps + 1)}
     else:
-        ks = {round(j * layer.count / (points - 1)) for j in range(points)}
+        ks = {round(j * layer.count / (points - 1)) for j in range(points)} | {min(1, layer.count)}
     return sorted(ks | {0, layer.count})
 
 
@@ -303,14 +305,17 @@ def _describe_device(device: torch.device) -> str:
 def profile_latency(unet: nn.Module, *, height: int, width: int, text_len: int = 77, batch: int = 1,
                     points: int = 5, tile: int | None = None, repeats: int = 5, warmup: int = 1,
                     ffn_groups: int = 32, check: Sequence[float] = (0.75, 0.5, 0.25), calibrate: bool = True,
-                    seed: int = 0, log: Callable[[str], None] | None = None) -> LatencyTable:
+                    seed: int = 0, cache: dict[tuple[str, int], nn.Module] | None = None,
+                    log: Callable[[str], None] | None = None) -> LatencyTable:
     """Measure a latency table of ``unet`` (a stock dense U-Net, already on its device and dtype).
 
     Every distinct (module shape, width) is timed ``repeats`` times, all of them interleaved with the
     dense forward in rounds (medians), so slow drifts of the machine hit every entry alike. ``check``:
     also time whole uniformly pruned models (every layer keeps that fraction of its units) against the
     dense one and record predicted and measured ratios in ``checks``; ``calibrate``: then fit the
-    table's ``scale`` to them (:func:`fit_scale`).
+    table's ``scale`` to them (:func:`fit_scale`). ``cache``: a dict that keeps the narrowed modules
+    (they do not depend on the batch or latent size), to profile the same ``unet`` again at other
+    settings without pruning it again.
     """
     from .macs import example_inputs
     from .prune import physically_prune
@@ -356,21 +361,25 @@ def profile_latency(unet: nn.Module, *, height: int, width: int, text_len: int =
         for path in block_paths:
             if same_as[path] == path:
                 calls[(path, -1)] = call(unet.get_submodule(path), path)
+        narrowed = {} if cache is None else cache
         rounds = max(len(nodes[layer.path]) for layer in timed_layers)
         for j in range(rounds):
             keep = torch.ones(inventory.num_units, dtype=torch.bool)
             wanted = []
             for layer in timed_layers:
                 ks = nodes[layer.path]
-                if j < len(ks) - 1:
+                if j < len(ks) - 1 and (layer.path, ks[j]) not in narrowed:
                     keep[layer.start + ks[j]:layer.stop] = False
                     wanted.append((layer, ks[j]))
             if not wanted:
                 continue
             pruned = physically_prune(unet, keep, depth="all", ffn_groups=ffn_groups).eval()
             for layer, k in wanted:
-                calls[(layer.path, k)] = call(pruned.get_submodule(layer.path), layer.path)
+                narrowed[(layer.path, k)] = pruned.get_submodule(layer.path)
             del pruned  # only the narrowed modules timed are kept alive
+        for layer in timed_layers:
+            for k in nodes[layer.path][:-1]:
+                calls[(layer.path, k)] = call(narrowed[(layer.path, k)], layer.path)
         say(f"profiling {len(width_layers)} width layers ({len(timed_layers)} distinct) and {len(block_paths)} "
             f"blocks: {len(calls)} module timings per round, {repeats} rounds")
 

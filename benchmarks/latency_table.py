@@ -26,7 +26,14 @@ from pathlib import Path
 import torch
 
 from prunekit.unet import make_prunable, physically_prune, sd21_unet_config
-from prunekit.unet.latency import DTYPES, LatencyModel, LatencyTable, interleaved_ratio, profile_latency
+from prunekit.unet.latency import (
+    DTYPES,
+    LatencyModel,
+    LatencyTable,
+    fit_scale,
+    interleaved_ratio,
+    profile_latency,
+)
 
 
 def build_random_sd21(device: str, dtype: torch.dtype, seed: int) -> torch.nn.Module:
@@ -75,6 +82,7 @@ def main() -> None:
     parser.add_argument("--keep", type=float, nargs=2, default=[0.35, 0.9], help="range of the experts' keep levels")
     parser.add_argument("--spread", type=float, default=0.2, help="per-layer keep fraction = level +- spread")
     parser.add_argument("--drop", type=float, default=0.2, help="probability of dropping each depth unit")
+    parser.add_argument("--calibrate", action="store_true", help="profile with calibrate=True (table scale)")
     parser.add_argument("--table", help="use this table instead of profiling one")
     parser.add_argument("--save-table", help="write the profiled table here")
     parser.add_argument("--json", help="write the rows here")
@@ -97,11 +105,13 @@ def main() -> None:
     else:
         table = profile_latency(unet, height=args.latent, width=args.latent, text_len=77, batch=args.batch,
                                 points=args.points, tile=args.tile, repeats=args.repeats, warmup=args.warmup,
-                                log=lambda m: print("  " + m, flush=True))
+                                calibrate=args.calibrate, log=lambda m: print("  " + m, flush=True))
         if args.save_table:
             table.save(args.save_table)
+    # What --calibrate would have fitted on the table's self-checks (reported, not used).
+    calibration = fit_scale(table.checks) if table.checks and table.scale == 1.0 else None
     print(f"table: {table.describe()}, dense {table.dense_s * 1e3:.1f} ms, scale {table.scale:.4f}, "
-          f"profiled in {table.profile_seconds:.0f} s", flush=True)
+          f"profiled in {table.profile_seconds:.0f} s; calibration factor from its checks: {calibration}", flush=True)
 
     prunable = make_prunable(unet)
     model = LatencyModel(table, prunable.inventory, round_to=args.round_to)
@@ -126,11 +136,13 @@ def main() -> None:
                 lambda: unet(*inputs, **kwargs), lambda e=expert: e(*inputs, **kwargs),
                 repeats=args.repeats, warmup=args.warmup, device=torch.device(args.device))
             predicted = float(model.ratio(mask.double()))
+            calibrated = 1 - calibration * (1 - predicted) if calibration else predicted
             macs = float(mac_model.ratio(mask.double()))
             dropped = int((~mask[prunable.depth_indices]).sum())
             row = {"expert": i, "keep": round(keep, 3), "units": int(mask.sum()), "dropped_blocks": dropped,
                    "macs_ratio": macs, "predicted": predicted, "measured": measured,
-                   "error": predicted / measured - 1, "dense_ms": dense_s * 1e3, "expert_ms": expert_s * 1e3}
+                   "error": predicted / measured - 1, "calibrated": calibrated,
+                   "calibrated_error": calibrated / measured - 1, "dense_ms": dense_s * 1e3, "expert_ms": expert_s * 1e3}
             rows.append(row)
             print(f"expert {i}: keep {keep:.2f}, {dropped} blocks dropped, MACs {macs:.3f}, predicted {predicted:.3f}, "
                   f"measured {measured:.3f} ({row['error']:+.1%}); {expert_s * 1e3:.1f} vs {dense_s * 1e3:.1f} ms",
@@ -140,19 +152,20 @@ def main() -> None:
                 torch.cuda.empty_cache()
 
     print("\n| expert | keep level | blocks dropped | MACs ratio | predicted latency ratio | measured latency ratio "
-          "| error | dense ms | expert ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| error | error calibrated | dense ms | expert ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['expert']} | {r['keep']:.2f} | {r['dropped_blocks']} | {r['macs_ratio']:.3f} | {r['predicted']:.3f} "
-              f"| {r['measured']:.3f} | {r['error']:+.1%} | {r['dense_ms']:.1f} | {r['expert_ms']:.1f} |")
+              f"| {r['measured']:.3f} | {r['error']:+.1%} | {r['calibrated_error']:+.1%} | {r['dense_ms']:.1f} "
+              f"| {r['expert_ms']:.1f} |")
     worst = max(abs(r["error"]) for r in rows)
     mac_worst = max(abs(r["macs_ratio"] / r["measured"] - 1) for r in rows)
     print(f"\nworst |error|: table {worst:.1%}, MACs as a latency predictor {mac_worst:.1%}; "
           f"median |error| {statistics.median(abs(r['error']) for r in rows):.1%}")
     if table.checks:
         print("table self-check (uniform widths): " + ", ".join(
-            f"{c['fraction']:.2f}: predicted {c.get('calibrated_ratio', c['predicted_ratio']):.3f} "
-            f"measured {c['measured_ratio']:.3f}" for c in table.checks))
+            f"{c['fraction']:.2f}: predicted {c['predicted_ratio']:.3f} measured {c['measured_ratio']:.3f}"
+            for c in table.checks))
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"table": {"dense_s": table.dense_s, "scale": table.scale,

@@ -201,9 +201,9 @@ def test_budget_contract_and_selection_under_latency(sd2, table, tmp_path):
     assert selection.ratio > 0.6  # it lands just under the target, not far below
 
 
-def test_fit_scale():
-    rows = [{"predicted_ratio": 1 - d, "measured_ratio": 1 - 1.1 * d} for d in (0.2, 0.4, 0.6)]
-    assert fit_scale(rows) == pytest.approx(1.1)
+def test_fit_scale_is_the_median_saving_ratio():
+    rows = [{"predicted_ratio": 1 - d, "measured_ratio": 1 - f * d} for d, f in ((0.2, 1.1), (0.4, 1.05), (0.6, 1.5))]
+    assert fit_scale(rows) == pytest.approx(1.1)  # one disturbed check does not move it
     assert fit_scale([{"predicted_ratio": 1.0, "measured_ratio": 1.0}]) == 1.0
 
 

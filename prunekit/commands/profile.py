@@ -27,7 +27,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--latent", default=None, help="latent H or HxW (default: the dataset resolution / VAE scale)")
     parser.add_argument("--text-len", type=int, default=None, help="tokens (default: the tokenizer's max length)")
     parser.add_argument("--check", type=float, nargs="*", default=[0.75, 0.5, 0.25],
-                        help="uniform keep fractions timed as whole models to check and calibrate the table")
+                        help="uniform keep fractions timed as whole models against the dense one (the table's "
+                             "self-check; none: skip)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit a factor on the layers' seconds to the --check measurements (table 'scale')")
     parser.set_defaults(func=main)
     return parser
 
@@ -114,7 +117,8 @@ def main(args: argparse.Namespace) -> int:
           f"{height}x{width} latent, {text_len} tokens, {torch.get_num_threads()} threads)", flush=True)
     table = profile_latency(unet, height=height, width=width, text_len=text_len, batch=args.batch,
                             points=args.points, tile=args.tile, repeats=args.repeats, warmup=args.warmup,
-                            check=tuple(args.check or ()), log=lambda m: print(f"  {m}", flush=True))
+                            check=tuple(args.check or ()), calibrate=args.calibrate,
+                            log=lambda m: print(f"  {m}", flush=True))
     table.source = {"recipe": str(args.recipe), "overrides": list(args.overrides), "model": recipe.data["model"]}
     table.save(out)
     print(f"{out}\tdense {table.dense_s * 1e3:.2f} ms, {len(table.layers)} layers, scale {table.scale:.3f}, "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ class InputHessian:
 STATISTICS: dict[str, type] = {"norms": InputNorms, "hessian": InputHessian}
 
 
-def layer_columns(module: nn.Module) -> int:
+def layer_columns(module: nn.Linear | nn.Conv2d) -> int:
     """Columns of the layer's weight viewed as a matrix (its input features, unfolded for convs)."""
     return module.weight[0].numel()
 
@@ -111,7 +111,7 @@ def input_rows(module: nn.Module, x: Tensor) -> Iterator[Tensor]:
             yield flat[start : start + _ROWS_PER_SLICE]
 
 
-def can_capture(module: nn.Module) -> bool:
+def can_capture(module: nn.Module) -> TypeGuard[nn.Linear | nn.Conv2d]:
     """Linear layers and dense (groups == 1) 2-D convs; their weight is one matrix."""
     if isinstance(module, nn.Linear):
         return True

@@ -70,7 +70,7 @@ def seal(folder: Path, step: int) -> None:
     Each rank hashes its share of the files (a ZeRO checkpoint of a large model is many GB), rank 0
     writes the manifest and then points ``latest`` at the checkpoint.
     """
-    names = _files(folder) if distributed.is_main() else None
+    names = _files(folder) if distributed.is_main() else []  # the other ranks receive rank 0's list
     names = distributed.broadcast(names)
     mine = {n: {"bytes": (folder / n).stat().st_size, "sha256": _digest(folder / n)}
             for n in names[distributed.rank()::distributed.world_size()]}
@@ -131,10 +131,10 @@ class Resumable:
 def newest_intact(ckpt_dir: Path) -> Resumable:
     """The newest checkpoint under ``ckpt_dir`` that verifies; collective (every rank agrees)."""
     skipped: list[str] = []
-    tags = []
+    tags: list[str] = []
     if ckpt_dir.is_dir():
-        tags = sorted((p.name for p in ckpt_dir.iterdir() if p.is_dir() and step_of(p.name) is not None),
-                      key=step_of, reverse=True)
+        steps = {p.name: step for p in ckpt_dir.iterdir() if p.is_dir() and (step := step_of(p.name)) is not None}
+        tags = sorted(steps, key=steps.__getitem__, reverse=True)
     tags = distributed.broadcast(tags)
     latest_file = ckpt_dir / LATEST
     if distributed.is_main() and latest_file.exists():
@@ -160,8 +160,8 @@ def prune(ckpt_dir: Path, keep: int) -> None:
     """Keep the ``keep`` newest checkpoints (rank 0)."""
     if not distributed.is_main():
         return
-    tags = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and step_of(p.name) is not None),
-                  key=lambda p: step_of(p.name))
+    steps = {p: step for p in ckpt_dir.iterdir() if p.is_dir() and (step := step_of(p.name)) is not None}
+    tags = sorted(steps, key=steps.__getitem__)
     for old in tags[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 

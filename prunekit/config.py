@@ -76,7 +76,7 @@ def check_value(value: Any, tp: Any, path: str) -> list[str]:
         hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         more = f" (did you mean {hint[0]!r}?)" if hint else ""
         return [f"{path}: {value!r} is not one of {', '.join(repr(c) for c in choices)}{more}"]
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             return [f"{path}: expected a mapping of {tp.__name__} options, got {value!r}"]
         return validate_options(tp, value, path)
@@ -166,7 +166,7 @@ def _convert(value: Any, tp: Any) -> Any:
                 return _convert(value, arg)
         return value
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return instantiate_schema(tp, value)
     if origin is tuple:
         args = typing.get_args(tp)
@@ -201,5 +201,6 @@ def schema_defaults(schema: type) -> dict[str, Any]:
             value = f.default_factory()
         else:
             value = "???"
-        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        out[f.name] = (dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type)
+                      else value)
     return out

@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -136,7 +136,8 @@ def run_on_main(fn: Callable[[], T]) -> T:
             raise
         broadcast(("ok", result, 0))
         return result
-    status, value, code = broadcast(None)
+    # cast: the other ranks pass a placeholder and receive rank 0's (status, value, exit code).
+    status, value, code = cast(tuple[str, Any, int], broadcast(None))
     if status == "error":
         from prunekit.errors import PeerRankError
 

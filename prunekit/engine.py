@@ -108,11 +108,11 @@ def _nonfinite_parameters(engine: Any) -> tuple[int, str | None]:
     """How many trained values are NaN/inf on this rank, and the first parameter holding one."""
     named = [(n, getattr(p, "ds_tensor", None) if hasattr(p, "ds_tensor") else p)  # ZeRO-3: own partition
              for n, p in engine.module.named_parameters() if p.requires_grad]
-    named = [(n, t) for n, t in named if t is not None and t.numel()]
-    if not named:
+    held = [(n, t) for n, t in named if t is not None and t.numel()]
+    if not held:
         return 0, None
-    counts = torch.stack([(~torch.isfinite(t.detach())).sum() for _, t in named]).tolist()
-    first = next((n for (n, _), c in zip(named, counts) if c), None)
+    counts = torch.stack([(~torch.isfinite(t.detach())).sum() for _, t in held]).tolist()
+    first = next((n for (n, _), c in zip(held, counts) if c), None)
     return int(sum(counts)), first
 
 
@@ -161,8 +161,9 @@ def train(
     ]
     if not any(len(list(g["params"])) for g in groups):
         raise ValueError(f"{name}: nothing to train (no parameter requires grad)")
+    beta1, beta2 = cfg.betas
     optimizer = torch.optim.AdamW(
-        groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+        groups, lr=lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(warmup_steps, cooldown_steps, steps))
     engine, _, _, _ = deepspeed.initialize(

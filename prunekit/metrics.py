@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunekit.errors import MissingPathError
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
 
 CMMD_SIGMA = 10.0
 CMMD_SCALE = 1000.0
@@ -150,7 +153,8 @@ def _inception_classes() -> dict[str, type]:
     class BlockC(nn.Module):
         def __init__(self, cin: int, c7: int) -> None:
             super().__init__()
-            row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
+            row: dict[str, Any] = dict(kernel=(1, 7), padding=(0, 3))
+            col: dict[str, Any] = dict(kernel=(7, 1), padding=(3, 0))
             self.branch1x1 = Conv(cin, 192, 1)
             self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = Conv(cin, c7, 1), Conv(c7, c7, **row), Conv(c7, 192, **col)
             self.branch7x7dbl_1 = Conv(cin, c7, 1)
@@ -315,7 +319,7 @@ def _clip_wrapper_class() -> type:
         torchmetrics' CLIPScore does not expect.
         """
 
-        def __init__(self, model: nn.Module) -> None:
+        def __init__(self, model: CLIPModel) -> None:
             super().__init__()
             self.model = model
 

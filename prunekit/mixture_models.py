@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 
@@ -42,7 +42,7 @@ def _encoder_model(encoder: Any) -> Any:
     return getattr(encoder, "model", encoder)
 
 
-class PromptRouter(ModelMixin, ConfigMixin):
+class PromptRouter(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own pairing (config_name)
     """Prompt text → expert index: a frozen prompt encoder, then the trained router.
 
     ``router`` / ``router_dims`` / ``prompt_encoder`` are recipe sections (``{"name": ..., **params}``);
@@ -89,13 +89,13 @@ class PromptRouter(ModelMixin, ConfigMixin):
     def encoder(self) -> Any:
         """The prompt encoder (built from its recipe section on first use, and checked)."""
         if self._encoder is None:
-            section = self.config.prompt_encoder
+            section = self.config["prompt_encoder"]
             if section is None:
                 raise ValueError("this PromptRouter has no prompt encoder (built in code without one)")
             from prunekit.registry import get_registry
 
             encoder = get_registry().build("prompt_encoder", dict(section))
-            expected = self.config.prompt_encoder_sha256
+            expected = self.config["prompt_encoder_sha256"]
             if expected is not None and weights_sha256(_encoder_model(encoder)) != expected:
                 raise ValueError(f"the prompt encoder {dict(section)} does not have the weights this router was "
                                  f"trained with (SHA-256 {expected[:12]}...); point prompt_encoder.path at that model")
@@ -112,12 +112,12 @@ class PromptRouter(ModelMixin, ConfigMixin):
         return [int(e) for e in self.module.route(z).tolist()]
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        if self.config.router is None or self.config.prompt_encoder is None:
+        if self.config["router"] is None or self.config["prompt_encoder"] is None:
             raise ValueError("this PromptRouter was built in code without its recipe sections; it cannot be saved")
         super().save_pretrained(save_directory, *args, **kwargs)
 
 
-class ExpertUNets(ModelMixin, ConfigMixin):
+class ExpertUNets(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own pairing (config_name)
     """The experts of a mixture, in routing order. ``folders``: each expert's subfolder on disk."""
 
     @register_to_config
@@ -135,14 +135,14 @@ class ExpertUNets(ModelMixin, ConfigMixin):
     def __len__(self) -> int:
         return len(self.experts)
 
-    def __getitem__(self, index: int) -> nn.Module:
+    def __getitem__(self, index: int) -> Any:
         return self.experts[index]
 
     def __iter__(self) -> Any:
         return iter(self.experts)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
-                        **kwargs: Any) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,  # type: ignore[override]
+                        **kwargs: Any) -> None:  # diffusers' other arguments (shards, variants) do not apply
         """``config.json`` plus one diffusers folder per expert (``save_expert``: atomic, strict)."""
         from prunekit.unet.expert import save_expert
 
@@ -150,12 +150,13 @@ class ExpertUNets(ModelMixin, ConfigMixin):
             return
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        for name, expert in zip(self.config.folders, self.experts):
+        for name, expert in zip(self.config["folders"], self.experts):
             save_expert(expert, None, folder / name, overwrite=True)
         self.save_config(folder)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> ExpertUNets:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,  # type: ignore[override]
+                        **kwargs: Any) -> ExpertUNets:  # a local folder of expert folders
         from prunekit.unet.expert import load_expert
 
         folder = Path(pretrained_model_name_or_path)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -49,8 +49,17 @@ class PromptRoutedPipelineOutput(BaseOutput):
 
 
 class PromptRoutedPipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "text_encoder->experts->vae"
+    model_cpu_offload_seq = "text_encoder->experts->vae"  # type: ignore[assignment]  # diffusers declares None
     _optional_components = ["safety_checker", "feature_extractor"]
+    # set by register_modules
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    router: PromptRouter
+    experts: ExpertUNets
+    safety_checker: Any
+    feature_extractor: Any
 
     def __init__(self, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, router: PromptRouter,
                  experts: ExpertUNets, safety_checker: Any = None, feature_extractor: Any = None,
@@ -87,8 +96,9 @@ class PromptRoutedPipeline(DiffusionPipeline):
         return pipe
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, device: str | None = None,
-                        dtype: torch.dtype | None = None, **kwargs: Any) -> PromptRoutedPipeline:
+    def from_pretrained(  # type: ignore[override]  # adds device= / dtype= placement
+            cls, pretrained_model_name_or_path: str | Path, *args: Any, device: str | None = None,
+            dtype: torch.dtype | None = None, **kwargs: Any) -> PromptRoutedPipeline:
         """Load a mixture folder. ``device`` / ``dtype`` place the whole pipeline afterwards; other
         arguments are diffusers' (``torch_dtype``, components passed in to reuse them...)."""
         from prunekit.mixture import read_manifest
@@ -141,12 +151,12 @@ class PromptRoutedPipeline(DiffusionPipeline):
         """The plain diffusers pipeline (``base_pipeline``) of expert ``index``, sharing every module."""
         import diffusers
 
-        pipeline_class = getattr(diffusers, self.config.base_pipeline)
+        pipeline_class = getattr(diffusers, self.config["base_pipeline"])
         accepted = inspect.signature(pipeline_class.__init__).parameters
         parts = {"vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
                  "scheduler": self.scheduler, "unet": self.experts[index], "safety_checker": self.safety_checker,
                  "feature_extractor": self.feature_extractor,
-                 "requires_safety_checker": self.config.requires_safety_checker}
+                 "requires_safety_checker": self.config["requires_safety_checker"]}
         pipe = pipeline_class(**{k: v for k, v in parts.items() if k in accepted})
         pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
         return pipe

@@ -56,7 +56,8 @@ def move(batch: Any, device: torch.device | str, dtype: torch.dtype | None = Non
             return batch.to(device=device, dtype=dtype, non_blocking=True)
         return batch.to(device=device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return type(batch)({k: move(v, device, dtype) for k, v in batch.items()})
+        mapping_type: Any = type(batch)  # dict, OrderedDict, BatchEncoding...: each is built from a dict
+        return mapping_type({k: move(v, device, dtype) for k, v in batch.items()})
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
         return type(batch)(*(move(v, device, dtype) for v in batch))
     if isinstance(batch, (list, tuple)):

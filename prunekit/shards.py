@@ -159,7 +159,9 @@ def write_index(folder: Path, n_shards: int, shard_size: int, total: int, dtype:
     """Read every shard's header (not its tensors) and write ``index.json``."""
     from safetensors import safe_open
 
-    shards, shapes, dtypes = [], {}, {}
+    shards: list[dict[str, Any]] = []
+    shapes: dict[str, list[int]] = {}
+    dtypes: dict[str, str] = {}
     skipped: Counter[str] = Counter()
     first_skipped: list[dict[str, Any]] = []
     for k in range(n_shards):

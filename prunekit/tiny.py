@@ -64,7 +64,10 @@ def tiny_unet_config(
 def build_tiny_pipeline(seed: int = 0, *, unet_config: dict[str, Any] | None = None) -> Any:
     """A randomly initialised tiny ``StableDiffusionPipeline`` (8x8 latents, 32x32 pixels)."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+
+    # From diffusers.models: mypy resolves diffusers' top-level names to its dummy (no-torch) classes.
+    from diffusers.models import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)

@@ -148,4 +148,4 @@ def test_aptp_trains_a_third_party_router_end_to_end(tmp_path, registry):
     mixture = load_mixture(run.dir / "artifacts" / "mixture", registry)
     experts = mixture.route(["a red circle", "a blue square", "two green triangles"])
     assert all(e in (0, 1) for e in experts)
-    assert type(mixture.router).__name__ == "MLPRouter" and isinstance(mixture.router, torch.nn.Module)
+    assert type(mixture.router.module).__name__ == "MLPRouter" and isinstance(mixture.router.module, torch.nn.Module)

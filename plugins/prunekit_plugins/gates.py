@@ -9,13 +9,18 @@ budget can be charged for the architecture that will actually be exported, not f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prunekit.config import option
 from prunekit.hookspecs import hookimpl
 
+if TYPE_CHECKING:  # torch is imported where a gate runs, so that listing plugins stays light
+    from torch import Tensor
 
-def keep_one_per_group(mask, logits, groups):  # noqa: ANN001, ANN201 - tensors
+
+def keep_one_per_group(mask: Tensor, logits: Tensor, groups: Iterable[Tensor]) -> Tensor:
     """A width layer with every unit off would not be a layer: keep its highest-logit unit."""
     import torch
 
@@ -34,7 +39,7 @@ def keep_one_per_group(mask, logits, groups):  # noqa: ANN001, ANN201 - tensors
     return mask
 
 
-def straight_through_hard(hard, logits):  # noqa: ANN001, ANN201 - tensors
+def straight_through_hard(hard: Tensor, logits: Tensor) -> Tensor:
     """Forward: the deterministic mask. Backward: d/dlogit of sigmoid(logit), the probability that
     the unit is kept under the gate's logistic noise (both gates here threshold at logit 0)."""
     import torch
@@ -52,11 +57,11 @@ class GumbelSigmoidConfig:
 class GumbelSigmoid:
     """Gumbel-sigmoid gates (APTP eq. 9): sigmoid((logit + g)/γ), g ~ Logistic (the difference of two Gumbels)."""
 
-    def __init__(self, config: GumbelSigmoidConfig, *, groups=()) -> None:  # noqa: ANN001
+    def __init__(self, config: GumbelSigmoidConfig, *, groups: Iterable[Tensor] = ()) -> None:
         self.config = config
         self.groups = list(groups)
 
-    def __call__(self, logits, *, training: bool):  # noqa: ANN001, ANN204
+    def __call__(self, logits: Tensor, *, training: bool) -> Tensor:
         import torch
 
         if not training:
@@ -68,10 +73,10 @@ class GumbelSigmoid:
             return soft
         return (soft > 0.5).to(soft.dtype) + soft - soft.detach()
 
-    def hard(self, logits):  # noqa: ANN001, ANN201
+    def hard(self, logits: Tensor) -> Tensor:
         return keep_one_per_group((logits > 0).to(logits.dtype), logits, self.groups)
 
-    def deployed(self, logits):  # noqa: ANN001, ANN201
+    def deployed(self, logits: Tensor) -> Tensor:
         return straight_through_hard(self.hard(logits), logits)
 
 
@@ -85,15 +90,15 @@ class HardConcreteConfig:
 class HardConcrete:
     """Hard-concrete gates (Louizos et al. 2018): stretched, clamped concrete; exact zeros in training."""
 
-    def __init__(self, config: HardConcreteConfig, *, groups=()) -> None:  # noqa: ANN001
+    def __init__(self, config: HardConcreteConfig, *, groups: Iterable[Tensor] = ()) -> None:
         self.config = config
         self.groups = list(groups)
 
-    def _stretch(self, s):  # noqa: ANN001, ANN202
+    def _stretch(self, s: Tensor) -> Tensor:
         c = self.config
         return (s * (c.stretch_high - c.stretch_low) + c.stretch_low).clamp(0, 1)
 
-    def __call__(self, logits, *, training: bool):  # noqa: ANN001, ANN204
+    def __call__(self, logits: Tensor, *, training: bool) -> Tensor:
         import torch
 
         if not training:
@@ -102,12 +107,12 @@ class HardConcrete:
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / self.config.temperature)
         return self._stretch(s)
 
-    def hard(self, logits):  # noqa: ANN001, ANN201
+    def hard(self, logits: Tensor) -> Tensor:
         import torch
 
         return keep_one_per_group((self._stretch(torch.sigmoid(logits)) > 0.5).to(logits.dtype), logits, self.groups)
 
-    def deployed(self, logits):  # noqa: ANN001, ANN201
+    def deployed(self, logits: Tensor) -> Tensor:
         return straight_through_hard(self.hard(logits), logits)
 
 

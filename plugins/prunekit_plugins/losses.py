@@ -42,13 +42,15 @@ class DDPMLoss:
         from prunekit.losses import per_sample_mse, prediction_target, snr
 
         inputs.need("pred", "noise", "latents", "timesteps", "scheduler", loss="ddpm")
+        pred, noise, latents, timesteps = inputs.pred, inputs.noise, inputs.latents, inputs.timesteps
+        assert pred is not None and noise is not None and latents is not None and timesteps is not None  # need() checked them
         kind = self.config.prediction_type
         if kind == "auto":
             kind = inputs.scheduler.config.prediction_type
-        target = prediction_target(inputs.scheduler, inputs.latents, inputs.noise, inputs.timesteps, kind)
-        per_sample = per_sample_mse(inputs.pred, target)
+        target = prediction_target(inputs.scheduler, latents, noise, timesteps, kind)
+        per_sample = per_sample_mse(pred, target)
         if self.config.snr_gamma is not None:
-            s = snr(inputs.scheduler, inputs.timesteps)
+            s = snr(inputs.scheduler, timesteps)
             clipped = torch.clamp(s, max=self.config.snr_gamma)
             # Min-SNR: weight min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR+1) for v-prediction.
             per_sample = per_sample * (clipped / (s + 1) if kind == "v_prediction" else clipped / s)
@@ -72,7 +74,9 @@ class DistillOutputLoss:
         from prunekit.losses import per_sample_mse
 
         inputs.need("pred", "teacher_pred", loss="distill_output")
-        return self.weight * inputs.reduce(per_sample_mse(inputs.pred, inputs.teacher_pred))
+        pred, teacher_pred = inputs.pred, inputs.teacher_pred
+        assert pred is not None and teacher_pred is not None  # need() checked them
+        return self.weight * inputs.reduce(per_sample_mse(pred, teacher_pred))
 
 
 class DistillBlockLoss:
@@ -89,7 +93,8 @@ class DistillBlockLoss:
         student, teacher = inputs.block_outputs, inputs.teacher_block_outputs
         if not student or not teacher or len(student) != len(teacher):
             raise ValueError("loss 'distill_block' needs matching student and teacher block outputs")
-        per_sample = sum(per_sample_mse(s, t) for s, t in zip(student, teacher))
+        terms = [per_sample_mse(s, t) for s, t in zip(student, teacher)]
+        per_sample = sum(terms[1:], terms[0])
         return self.weight * inputs.reduce(per_sample)
 
 

@@ -3,6 +3,8 @@
 
 Nothing is downloaded: FID/KID need the FID InceptionV3 weights as a local file, CLIP score and CMMD a
 local CLIP folder. Without them a run stops at preflight with one line naming the recipe key to set.
+One module for all of them (past ~400 lines) because they share the weight-path preflight and the
+evaluation-batch conventions, and each is a few dozen lines.
 """
 
 from __future__ import annotations
@@ -204,6 +206,7 @@ class ClipScore:
         from prunekit.metrics import load_clip
 
         device = _device(self.config.device)
+        assert self.config.clip_path is not None  # __init__ required it
         model, processor = load_clip(self.config.clip_path, key="metrics.clip_score.clip_path", device=device)
         metric = CLIPScore(model_name_or_path=lambda: (model, processor), sync_on_compute=False).to(device)
         return _ClipScoreAccumulator(metric, device, self.config.batch_size)
@@ -250,6 +253,7 @@ class CMMD:
     def accumulator(self) -> _CMMDAccumulator:
         from prunekit.metrics import load_clip
 
+        assert self.config.clip_path is not None  # __init__ required it
         model, processor = load_clip(self.config.clip_path, key="metrics.cmmd.clip_path", device=_device(self.config.device))
         return _CMMDAccumulator(self.config, model, processor)
 

@@ -43,6 +43,7 @@ def main(args: argparse.Namespace) -> int:
     if args.width:
         kwargs["width"] = args.width
     result = pipe(args.prompts, seed=args.seed, **kwargs)
+    assert not isinstance(result, tuple)  # return_dict=True
     out.mkdir(parents=True, exist_ok=True)
     for i, (prompt, image, expert) in enumerate(zip(args.prompts, result.images, result.experts)):
         path = out / f"{i:03d}_expert{expert:02d}.png"

@@ -16,6 +16,12 @@ def select_indices(total: int, count: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(total), count))
 
 
+def _complete(attributes: list[dict[str, Any] | None]) -> list[dict[str, Any]] | None:
+    """The attributes when every row has them, else None."""
+    present = [a for a in attributes if a is not None]
+    return present if len(present) == len(attributes) else None
+
+
 def eval_data_source(dataset: Any, indices: Sequence[int]) -> tuple[list[str], Any, list[dict[str, Any]] | None]:
     """Prompts, real images (an image source that decodes them chunk by chunk, or None for a
     prompt-only dataset) and attributes of ``indices``: what :func:`load_eval_data` returns, without
@@ -30,17 +36,20 @@ def eval_data_source(dataset: Any, indices: Sequence[int]) -> tuple[list[str], A
         return load_eval_data(dataset, indices)
     prompts = [str(dataset.prompts[i]) for i in indices]
     known = getattr(dataset, "attributes", None)
-    attributes = [dict(known[i]) if known is not None and isinstance(known[i], Mapping) else None for i in indices]
+    attributes: list[dict[str, Any] | None] = [
+        dict(known[i]) if known is not None and isinstance(known[i], Mapping) else None for i in indices]
     if known is None and isinstance(first.get("attributes"), Mapping):
         attributes = [dict(dataset[i]["attributes"]) for i in indices]
-    return prompts, DatasetImages(dataset, indices), attributes if all(a is not None for a in attributes) else None
+    return prompts, DatasetImages(dataset, indices), _complete(attributes)
 
 
 def load_eval_data(dataset: Any, indices: Sequence[int]) -> tuple[list[str], Any, list[dict[str, Any]] | None]:
     """Prompts, real images (uint8, or None for a prompt-only dataset) and attributes of ``indices``."""
     import torch
 
-    prompts, images, attributes = [], [], []
+    prompts: list[str] = []
+    images: list[torch.Tensor] = []
+    attributes: list[dict[str, Any] | None] = []
     known = getattr(dataset, "attributes", None)
     for i in indices:
         item = dataset[i]
@@ -52,4 +61,4 @@ def load_eval_data(dataset: Any, indices: Sequence[int]) -> tuple[list[str], Any
             attrs = known[i]
         attributes.append(dict(attrs) if isinstance(attrs, Mapping) else None)
     real = torch.stack(images) if images and len(images) == len(prompts) else None
-    return prompts, real, attributes if all(a is not None for a in attributes) else None
+    return prompts, real, _complete(attributes)

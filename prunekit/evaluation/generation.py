@@ -67,8 +67,8 @@ def with_scheduler(pipeline: Any, name: str) -> Any:
     scheduler = _scheduler_class(name).from_config(pipeline.scheduler.config, **extra)
     if is_routed(pipeline):
         swapped = type(pipeline)(**{**pipeline.components, "scheduler": scheduler},
-                                 base_pipeline=pipeline.config.base_pipeline,
-                                 requires_safety_checker=pipeline.config.requires_safety_checker)
+                                 base_pipeline=pipeline.config["base_pipeline"],
+                                 requires_safety_checker=pipeline.config["requires_safety_checker"])
         swapped.manifest, swapped.teacher = pipeline.manifest, pipeline.teacher
         swapped.set_progress_bar_config(disable=True)
         return swapped
@@ -114,7 +114,7 @@ def resize_uint8(images: Any, size: int) -> Any:
 
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    out = [np.asarray(Image.fromarray(img.permute(1, 2, 0).numpy()).resize((size, size), Image.BICUBIC))
+    out = [np.asarray(Image.fromarray(img.permute(1, 2, 0).numpy()).resize((size, size), Image.Resampling.BICUBIC))
            for img in images.cpu()]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
@@ -138,7 +138,12 @@ def generate(pipeline: Any, prompts: Sequence[str], config: EvalConfig | None = 
         local = _generate(pipeline, prompts[share.start:share.stop], config, log=log, first_index=share.start)
         parts = distributed.all_gather((local.images, local.experts, local.seconds))
         images = torch.cat([p[0] for p in parts])
-        experts = None if local.experts is None else [e for p in parts for e in p[1]]
+        experts: list[int] | None = None
+        if local.experts is not None:
+            experts = []
+            for _, part_experts, _ in parts:
+                assert part_experts is not None  # every rank runs the same (routed) pipeline
+                experts.extend(part_experts)
         return Generation(images, experts, max(p[2] for p in parts), local.height, local.width)
     return _generate(pipeline, prompts, config, log=log)
 

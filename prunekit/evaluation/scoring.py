@@ -202,6 +202,7 @@ def _score(metrics: Mapping[str, Any], prompts: list[str], images: Any, real: An
             for acc in accs.values():
                 acc.update(batch)
             for e, group in expert_accs.items():
+                assert experts is not None  # expert_accs is empty when there are no experts
                 rows = [k for k, i in enumerate(idx) if experts[i] == e]
                 if rows and group:
                     sub = _subset(batch, rows, expert_extras[e])
@@ -216,9 +217,9 @@ def _score(metrics: Mapping[str, Any], prompts: list[str], images: Any, real: An
         needs = any(getattr(m, "needs_images", True) for m in whole.values())
         full = batch_of(range(n), extra) if needs else EvalBatch(list(prompts), None, None, attributes, extra)
         for k, m in whole.items():
-            start = time.perf_counter()
+            started = time.perf_counter()
             total.add(k, m(full))
-            LOG.debug("metric %s: %.2f s", k, time.perf_counter() - start)
+            LOG.debug("metric %s: %.2f s", k, time.perf_counter() - started)
         per_image = {k: m for k, m in whole.items() if getattr(m, "per_expert", True)}
         for e in scored if per_image else []:
             sub = _subset(full, members[e], expert_extra(e))
@@ -254,7 +255,7 @@ def evaluate(pipeline: Any, prompts: Sequence[str], metrics: Mapping[str, Callab
     from dataclasses import replace
 
     from prunekit import distributed
-    from prunekit.eval_images import TensorImages, generate_to_folder
+    from prunekit.eval_images import FolderImages, TensorImages, generate_to_folder
 
     config = config or EvalConfig()
     log = log or LOG
@@ -268,6 +269,7 @@ def evaluate(pipeline: Any, prompts: Sequence[str], metrics: Mapping[str, Callab
     log.info("evaluate %s: generating %d images (%s, %d steps, guidance %g)", role, len(prompts), config.scheduler,
              config.steps, config.guidance_scale)
     prompts = list(prompts)
+    images: FolderImages | TensorImages
     if folder is not None:
         call, size = _batch_caller(pipeline, config)
         images, experts, seconds = generate_to_folder(call, prompts, Path(folder) / role, batch_size=config.batch_size,

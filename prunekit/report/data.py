@@ -42,7 +42,7 @@ def top_words(prompts_by_expert: Mapping[int, Sequence[str]], k: int = 6) -> dic
     """Per expert: the ``k`` most frequent content words, and the ``k`` most over-represented ones
     (share among the expert's words / share among all words, for words used at least twice)."""
     counts = {e: Counter(w for p in prompts for w in words_of(p)) for e, prompts in prompts_by_expert.items()}
-    overall = Counter()
+    overall: Counter[str] = Counter()
     for c in counts.values():
         overall.update(c)
     total = sum(overall.values()) or 1

@@ -68,7 +68,10 @@ def page_order(extra: Sequence[ReportSection]) -> list[str | ReportSection]:
             if section.after not in ids:
                 continue
             at = ids.index(section.after) + 1
-            while at < len(order) and isinstance(order[at], ReportSection) and order[at].after == section.after:
+            while at < len(order):
+                here = order[at]
+                if not (isinstance(here, ReportSection) and here.after == section.after):
+                    break
                 at += 1
             order.insert(at, section)
             rest = [s for s in rest if s is not section]

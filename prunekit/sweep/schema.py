@@ -240,7 +240,7 @@ def _usable(schema: type, data: Mapping[str, Any]) -> dict[str, Any]:
         tp = hints.get(key)
         if tp is None:
             continue
-        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
             out[key] = _usable(tp, value)
         elif key == "points" and isinstance(value, list):
             out[key] = [_usable(PointSpec, item) for item in value

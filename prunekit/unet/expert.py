@@ -145,9 +145,9 @@ def save_expert(unet: nn.Module, mask: Any, folder: str | os.PathLike, *, base_c
     temps: dict[str, Path] = {}
     try:
         for name in (WEIGHTS_FILE, CONFIG_FILE):
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
             os.close(fd)
-            temps[name] = Path(tmp)
+            temps[name] = Path(tmp_name)
         save_file(state, str(temps[WEIGHTS_FILE]), metadata={"format": "pt"})
         temps[CONFIG_FILE].write_text(model.to_json_string())
     except BaseException:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -114,6 +114,13 @@ class _RunWithGates:
             _ACTIVE.reset(token)
 
 
+class _Checkpointable(Protocol):
+    """A diffusers block that supports activation checkpointing (its attributes are set dynamically)."""
+
+    gradient_checkpointing: bool
+    _gradient_checkpointing_func: Callable[..., Any]
+
+
 class _GateAwareCheckpoint:
     """Wraps a block's ``_gradient_checkpointing_func``.
 
@@ -148,6 +155,10 @@ class PrunableUNet(nn.Module):
     during its own wrapper's forward, so the instrumentations never see each other's gates.
     """
 
+    # Non-persistent buffers registered in __init__ (declared so they are typed as tensors).
+    _channel_unit: torch.Tensor
+    _depth_units: torch.Tensor
+
     def __init__(self, unet: nn.Module, depth: DepthLayout = "aptp", *, ffn_groups: int = 32) -> None:
         super().__init__()
         self.unet = unet
@@ -162,22 +173,25 @@ class PrunableUNet(nn.Module):
         for layer in self.inventory.layers:
             if layer.kind in ("depth_resnet", "depth_transformer"):
                 block = unet.get_submodule(layer.path)
-                hook = _DepthHook(self._owner, depth_column[layer.start], layer.identity_channels,
-                                  layer.kind == "depth_transformer")
-                self._handles.append(block.register_forward_hook(hook, with_kwargs=True))
+                depth_hook = _DepthHook(self._owner, depth_column[layer.start], layer.identity_channels,
+                                        layer.kind == "depth_transformer")
+                self._handles.append(block.register_forward_hook(depth_hook, with_kwargs=True))
                 continue
             units = torch.arange(layer.start, layer.stop)
             channel_unit.append(units.repeat_interleave(layer.size))
             hook = _WidthHook(self._owner, offset, offset + layer.channels,
                               "nchw" if layer.kind == "resnet_group" else "nlc")
             offset += layer.channels
-            module = unet.get_submodule(layer.path)
+            # get_submodule walks ModuleList indices too ("to_out.0"), and returns a typed nn.Module.
             if layer.kind == "resnet_group":
-                self._handles.append(module.norm2.register_forward_hook(hook.forward_hook))
+                target = unet.get_submodule(f"{layer.path}.norm2")
+                self._handles.append(target.register_forward_hook(hook.forward_hook))
             elif layer.kind == "attn_head":
-                self._handles.append(module.to_out[0].register_forward_pre_hook(hook.pre_hook))
+                target = unet.get_submodule(f"{layer.path}.to_out.0")
+                self._handles.append(target.register_forward_pre_hook(hook.pre_hook))
             else:
-                self._handles.append(module.net[0].register_forward_hook(hook.forward_hook))
+                target = unet.get_submodule(f"{layer.path}.net.0")
+                self._handles.append(target.register_forward_hook(hook.forward_hook))
         channel_index = torch.cat(channel_unit) if channel_unit else torch.zeros(0, dtype=torch.long)
         depth_index = torch.tensor([layer.start for layer in self.inventory.depth_layers], dtype=torch.long)
         self._depth_units_cpu = depth_index
@@ -186,7 +200,9 @@ class PrunableUNet(nn.Module):
         # Buffers follow .to(); _resolve still moves them if only the wrapped U-Net was moved.
         self.register_buffer("_channel_unit", channel_index.to(device), persistent=False)
         self.register_buffer("_depth_units", depth_index.to(device), persistent=False)
-        self._checkpointable = [m for m in unet.modules() if hasattr(m, "gradient_checkpointing")]
+        # cast: the hasattr test is what selects the blocks that carry diffusers' checkpointing attributes.
+        self._checkpointable = [cast(_Checkpointable, m) for m in unet.modules()
+                                if hasattr(m, "gradient_checkpointing")]
 
     # --- description -------------------------------------------------------------------------------
     @property

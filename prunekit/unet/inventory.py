@@ -13,10 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers.models.attention import FeedForward
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
 
 UnitKind = Literal["resnet_group", "attn_head", "ffn_group", "depth_resnet", "depth_transformer"]
 WIDTH_KINDS: tuple[str, ...] = ("resnet_group", "attn_head", "ffn_group")
@@ -110,10 +115,21 @@ class _Site:
     identity_ok: bool
 
 
+def _module_list(owner: nn.Module, name: str, *, optional: bool = False) -> list[nn.Module]:
+    """The modules of the ``nn.ModuleList`` ``owner.<name>`` (an absent or None optional list: none)."""
+    value = getattr(owner, name, None) if optional else getattr(owner, name)
+    if optional and not value:
+        return []
+    if not isinstance(value, nn.ModuleList):
+        raise ValueError(f"{type(owner).__name__}.{name} is a {type(value).__name__}, not an nn.ModuleList; "
+                         "it cannot be made prunable")
+    return list(value)
+
+
 def _block_sites(unet: nn.Module) -> Iterator[_Site]:
     from diffusers.models.resnet import ResnetBlock2D
 
-    def check_resnet(path: str, resnet: nn.Module) -> None:
+    def check_resnet(path: str, resnet: nn.Module) -> ResnetBlock2D:
         if not isinstance(resnet, ResnetBlock2D):
             raise ValueError(f"{path}: {type(resnet).__name__} is not a ResnetBlock2D; it cannot be made prunable")
         if resnet.time_embedding_norm != "default":
@@ -121,13 +137,14 @@ def _block_sites(unet: nn.Module) -> Iterator[_Site]:
             raise ValueError(f"{path}: time_embedding_norm={resnet.time_embedding_norm!r} is not supported")
         if resnet.upsample is not None or resnet.downsample is not None:
             raise ValueError(f"{path}: resampling ResNets are not supported")
+        return resnet
 
-    for i, block in enumerate(unet.down_blocks):
-        resnets = list(block.resnets)
-        attentions = list(getattr(block, "attentions", None) or [])
-        for j, resnet in enumerate(resnets):
+    for i, block in enumerate(_module_list(unet, "down_blocks")):
+        resnets = _module_list(block, "resnets")
+        attentions = _module_list(block, "attentions", optional=True)
+        for j, module in enumerate(resnets):
             path = f"down_blocks.{i}.resnets.{j}"
-            check_resnet(path, resnet)
+            resnet = check_resnet(path, module)
             same = resnet.in_channels == resnet.conv2.out_channels
             yield _Site(path, resnet, "resnet", "down", j == len(resnets) - 1, None, same)
             if j < len(attentions):
@@ -135,30 +152,32 @@ def _block_sites(unet: nn.Module) -> Iterator[_Site]:
                             j == len(attentions) - 1, None, True)
 
     mid = getattr(unet, "mid_block", None)
-    h_channels = unet.config.block_out_channels[-1]
+    config: Any = unet.config  # a diffusers FrozenDict: its keys are also attributes
+    h_channels: int = config.block_out_channels[-1]
     if mid is not None:
-        resnets = list(mid.resnets)
-        attentions = list(getattr(mid, "attentions", None) or [])
-        order: list[tuple[str, nn.Module, str]] = [("mid_block.resnets.0", resnets[0], "resnet")]
+        resnets = _module_list(mid, "resnets")
+        attentions = _module_list(mid, "attentions", optional=True)
+        order: list[tuple[str, nn.Module, Literal["resnet", "transformer"]]] = [
+            ("mid_block.resnets.0", resnets[0], "resnet")]
         for k, attn in enumerate(attentions):
             order.append((f"mid_block.attentions.{k}", attn, "transformer"))
             if k + 1 < len(resnets):
                 order.append((f"mid_block.resnets.{k + 1}", resnets[k + 1], "resnet"))
         for path, module, kind in order:
             if kind == "resnet":
-                check_resnet(path, module)
-                ok = module.in_channels == module.conv2.out_channels
-                h_channels = module.conv2.out_channels
+                resnet = check_resnet(path, module)
+                ok = resnet.in_channels == resnet.conv2.out_channels
+                h_channels = resnet.conv2.out_channels
             else:
                 ok = True
-            yield _Site(path, module, kind, "mid", False, None, ok)  # type: ignore[arg-type]
+            yield _Site(path, module, kind, "mid", False, None, ok)
 
-    for i, block in enumerate(unet.up_blocks):
-        resnets = list(block.resnets)
-        attentions = list(getattr(block, "attentions", None) or [])
-        for j, resnet in enumerate(resnets):
+    for i, block in enumerate(_module_list(unet, "up_blocks")):
+        resnets = _module_list(block, "resnets")
+        attentions = _module_list(block, "attentions", optional=True)
+        for j, module in enumerate(resnets):
             path = f"up_blocks.{i}.resnets.{j}"
-            check_resnet(path, resnet)
+            resnet = check_resnet(path, module)
             out = resnet.conv2.out_channels
             ok = h_channels == out and resnet.in_channels > h_channels
             yield _Site(path, resnet, "resnet", "up", j == len(resnets) - 1, h_channels, ok)
@@ -188,7 +207,7 @@ def _depth_paths(sites: list[_Site], depth: DepthLayout) -> set[str]:
     return wanted
 
 
-def _transformer_parts(path: str, transformer: nn.Module) -> Iterator[tuple[str, str, nn.Module]]:
+def _transformer_parts(path: str, transformer: nn.Module) -> Iterator[tuple[str, Attention | FeedForward]]:
     from diffusers.models.attention import BasicTransformerBlock, FeedForward
     from diffusers.models.attention_processor import Attention
 
@@ -210,18 +229,19 @@ def _transformer_parts(path: str, transformer: nn.Module) -> Iterator[tuple[str,
             if attn.norm_q is not None or attn.norm_k is not None or getattr(attn, "fused_projections", False):
                 # Across-head q/k norms and fused qkv weights would need slicing rules of their own.
                 raise ValueError(f"{tb_path}.{name}: q/k norms and fused projections are not supported")
-            yield f"{tb_path}.{name}", "attn", attn
+            yield f"{tb_path}.{name}", attn
         if not isinstance(tb.ff, FeedForward):
             raise ValueError(f"{tb_path}.ff: {type(tb.ff).__name__} is not a diffusers FeedForward")
-        yield f"{tb_path}.ff", "ff", tb.ff
+        yield f"{tb_path}.ff", tb.ff
 
 
 def ffn_inner_dim(ff: nn.Module) -> tuple[int, bool]:
     """Inner width of a diffusers FeedForward and whether its input projection is gated (GEGLU-like)."""
-    proj = getattr(ff.net[0], "proj", None)
-    out_proj = ff.net[2]
+    activation = ff.get_submodule("net.0")
+    proj = getattr(activation, "proj", None)
+    out_proj = ff.get_submodule("net.2")
     if not isinstance(proj, nn.Linear) or not isinstance(out_proj, nn.Linear):
-        raise ValueError(f"unsupported FeedForward activation {type(ff.net[0]).__name__}")
+        raise ValueError(f"unsupported FeedForward activation {type(activation).__name__}")
     inner = out_proj.in_features
     if proj.out_features == 2 * inner:
         return inner, True
@@ -232,19 +252,23 @@ def ffn_inner_dim(ff: nn.Module) -> tuple[int, bool]:
 
 def build_inventory(unet: nn.Module, depth: DepthLayout = "aptp", *, ffn_groups: int = 32) -> Inventory:
     """Describe every prunable unit of ``unet`` (a stock ``UNet2DConditionModel``)."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
     sites = list(_block_sites(unet))
     depth_paths = _depth_paths(sites, depth)
 
-    width_specs: list[tuple[str, str, int, int, str | None]] = []  # path, kind, count, size, depth path
+    width_specs: list[tuple[str, UnitKind, int, int, str | None]] = []  # path, kind, count, size, depth path
     for site in sites:
         enclosing = site.path if site.path in depth_paths else None
         if site.kind == "resnet":
+            assert isinstance(site.module, ResnetBlock2D)  # checked by _block_sites
             norm2 = site.module.norm2
             groups = norm2.num_groups
             width_specs.append((site.path, "resnet_group", groups, norm2.num_channels // groups, enclosing))
             continue
-        for part_path, part, module in _transformer_parts(site.path, site.module):
-            if part == "attn":
+        for part_path, module in _transformer_parts(site.path, site.module):
+            if isinstance(module, Attention):
                 heads = module.heads
                 head_dim = module.to_q.out_features // heads
                 width_specs.append((part_path, "attn_head", heads, head_dim, enclosing))
@@ -262,13 +286,13 @@ def build_inventory(unet: nn.Module, depth: DepthLayout = "aptp", *, ffn_groups:
     layers: list[Layer] = []
     for path, kind, count, size, enclosing in width_specs:
         start = len(units)
-        units.extend(Unit(start + p, path, kind, size, p) for p in range(count))  # type: ignore[arg-type]
-        layers.append(Layer(path, kind, start, count, size, depth_index.get(enclosing) if enclosing else None))  # type: ignore[arg-type]
+        units.extend(Unit(start + p, path, kind, size, p) for p in range(count))
+        layers.append(Layer(path, kind, start, count, size, depth_index.get(enclosing) if enclosing else None))
     for site in depth_sites:
-        kind = "depth_resnet" if site.kind == "resnet" else "depth_transformer"
+        depth_kind: UnitKind = "depth_resnet" if site.kind == "resnet" else "depth_transformer"
         index = len(units)
-        units.append(Unit(index, site.path, kind, 0, 0))  # type: ignore[arg-type]
+        units.append(Unit(index, site.path, depth_kind, 0, 0))
         identity = site.identity_channels if (site.kind == "resnet" and site.part == "up") else None
-        layers.append(Layer(site.path, kind, index, 1, 0, None, identity))  # type: ignore[arg-type]
+        layers.append(Layer(site.path, depth_kind, index, 1, 0, None, identity))
     return Inventory(tuple(units), tuple(layers), tuple(s.path for s in depth_sites), ffn_groups)
 

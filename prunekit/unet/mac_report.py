@@ -19,7 +19,8 @@ def main() -> None:
     parser.add_argument("--latents", type=int, nargs="+", default=[96, 64, 32])
     parser.add_argument("--text-len", type=int, default=77)
     args = parser.parse_args()
-    from diffusers import UNet2DConditionModel
+    # From diffusers.models: mypy resolves diffusers' top-level names to its dummy (no-torch) classes.
+    from diffusers.models import UNet2DConditionModel
 
     configs = {"SD 1.5": sd15_unet_config(), "SD 2.1": sd21_unet_config(), "SDXL": sdxl_unet_config()}
     for name, config in configs.items():

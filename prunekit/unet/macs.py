@@ -54,7 +54,7 @@ def example_inputs(unet: nn.Module, *, height: int, width: int, text_len: int = 
                    device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                    generator: torch.Generator | None = None) -> tuple[tuple, dict[str, Any]]:
     """Random (args, kwargs) for one U-Net forward; shapes come from the U-Net config."""
-    config = unet.config
+    config: Any = unet.config  # a diffusers FrozenDict: its keys are also attributes
     param = next(unet.parameters())
     device = param.device if device is None else torch.device(device)
     dtype = param.dtype if dtype is None else dtype
@@ -265,17 +265,21 @@ def paper_convention_macs(model: nn.Module, *, height: int, width: int, text_len
             parts["conv"] += math.prod(module.kernel_size) * module.in_channels * module.out_channels // module.groups * positions
             parts["bias"] += module.out_channels * positions if module.bias is not None else 0
         elif isinstance(module, nn.Linear) and id(module) not in inside_geglu:
+            assert x is not None  # linear layers, GEGLU and norms are always called with their input
             parts["linear"] += x.numel() * out.shape[-1]
             parts["bias"] += out.shape[-1] if module.bias is not None else 0
         elif isinstance(module, GEGLU):
+            assert x is not None
             parts["linear"] += x.numel() * out.shape[-1] * 2
             parts["bias"] += out.shape[-1] if module.proj.bias is not None else 0
             parts["elementwise"] += 2 * out.numel()
         elif isinstance(module, nn.SiLU):
             parts["elementwise"] += 2 * out.numel()
         elif isinstance(module, nn.GroupNorm):
+            assert x is not None
             parts["elementwise"] += 2 * x.numel()
         elif isinstance(module, nn.LayerNorm):
+            assert x is not None
             parts["elementwise"] += x.numel()
         elif isinstance(module, Upsample2D):
             parts["elementwise"] += out.numel()

@@ -12,7 +12,8 @@ see :mod:`pruned_modules`. Width units inside a depth-pruned block are ignored (
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -31,6 +32,16 @@ if TYPE_CHECKING:
 
 # target state-dict key -> (source key, dim to slice along or None, indices or None)
 SliceMap = dict[str, tuple[str, int | None, torch.Tensor | None]]
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _submodule(root: nn.Module, path: str, cls: type[_M]) -> _M:
+    """``root.get_submodule(path)``, checked to be a ``cls`` (the skeleton is a stock diffusers U-Net)."""
+    module = root.get_submodule(path)
+    if not isinstance(module, cls):
+        raise TypeError(f"{path}: expected a {cls.__name__}, got {type(module).__name__}")
+    return module
 
 
 def _resolve(model: nn.Module, depth: DepthLayout, ffn_groups: int) -> tuple[nn.Module, Inventory]:
@@ -86,10 +97,16 @@ def round_mask(model: nn.Module, mask: Any, round_to: int, *, scores: torch.Tens
     return keep
 
 
+def _pair(value: tuple[int, ...]) -> tuple[int, int]:
+    first, second = value  # nn.Conv2d stores its sizes as 2-tuples; the stubs only say tuple[int, ...]
+    return first, second
+
+
 def _meta_like_conv(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                     dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                     padding_mode=conv.padding_mode, device="meta")
+    padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+    return nn.Conv2d(in_channels, out_channels, _pair(conv.kernel_size), stride=_pair(conv.stride),
+                     padding=padding, dilation=_pair(conv.dilation), groups=conv.groups,
+                     bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta")
 
 
 def _meta_like_linear(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
@@ -111,7 +128,9 @@ def _set_child(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def _shrink_resnet(model: nn.Module, layer: Layer, kept: torch.Tensor, slices: SliceMap) -> None:
-    resnet = model.get_submodule(layer.path)
+    from diffusers.models.resnet import ResnetBlock2D
+
+    resnet = _submodule(model, layer.path, ResnetBlock2D)
     p = layer.path
     if kept.numel() == 0:
         conv2 = resnet.conv2
@@ -144,9 +163,11 @@ def _shrink_resnet(model: nn.Module, layer: Layer, kept: torch.Tensor, slices: S
 
 
 def _shrink_attention(model: nn.Module, layer: Layer, kept: torch.Tensor, slices: SliceMap) -> None:
-    attn = model.get_submodule(layer.path)
+    from diffusers.models.attention_processor import Attention
+
+    attn = _submodule(model, layer.path, Attention)
     p = layer.path
-    out = attn.to_out[0]
+    out = _submodule(attn, "to_out.0", nn.Linear)
     if kept.numel() == 0:
         stand_in = AttentionBiasOnly(out.out_features, out.bias is not None, attn.residual_connection,
                                      attn.rescale_output_factor).to("meta")
@@ -173,9 +194,11 @@ def _shrink_attention(model: nn.Module, layer: Layer, kept: torch.Tensor, slices
 
 
 def _shrink_ffn(model: nn.Module, layer: Layer, kept: torch.Tensor, slices: SliceMap) -> None:
-    ff = model.get_submodule(layer.path)
+    from diffusers.models.attention import FeedForward
+
+    ff = _submodule(model, layer.path, FeedForward)
     p = layer.path
-    out = ff.net[2]
+    out = _submodule(ff, "net.2", nn.Linear)
     if kept.numel() == 0:
         _set_child(model, p, FeedForwardBiasOnly(out.out_features, out.bias is not None).to("meta"))
         if out.bias is not None:
@@ -183,7 +206,7 @@ def _shrink_ffn(model: nn.Module, layer: Layer, kept: torch.Tensor, slices: Slic
         return
     inner, gated = ffn_inner_dim(ff)
     idx = _channels(layer, kept)
-    proj = ff.net[0].proj
+    proj = _submodule(ff, "net.0.proj", nn.Linear)
     # GEGLU's projection stacks [value; gate] rows: keep the same channels in both halves.
     rows = torch.cat([idx, idx + inner]) if gated else idx
     ff.net[0].proj = _meta_like_linear(proj, proj.in_features, rows.numel())
@@ -265,13 +288,14 @@ def physically_prune(model: nn.Module, mask: Any, *, round_to: int | None = None
     slices = apply_structure(pruned, inventory, keep)
     # The result is a PrunedUNet2DConditionModel: its config says how it was cut, so it saves and loads
     # through diffusers' own loader.
-    pruned = pruned_skeleton(unet.config, pruning_entry(inventory, keep, round_to=round_to))
+    pruned = pruned_skeleton(cast(Mapping[str, Any], unet.config), pruning_entry(inventory, keep, round_to=round_to))
     state: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for key in pruned.state_dict():
             src_key, dim, index = slices.get(key, (key, None, None))
             tensor = source[src_key]
             if dim is not None:
+                assert index is not None  # a sliced entry always carries its indices
                 state[key] = tensor.index_select(dim, index.to(tensor.device))
             else:
                 state[key] = tensor.clone()

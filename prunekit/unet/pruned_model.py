@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # mypy: top-level names are dummies
 from torch import nn
 
 from .inventory import Inventory, build_inventory
@@ -158,7 +158,9 @@ def pruned_skeleton(dense_config: Mapping[str, Any], pruning: Mapping[str, Any])
     """The pruned architecture on the meta device (no weights)."""
     config = {k: v for k, v in dict(dense_config).items() if k != "pruning"}
     with torch.device("meta"):
-        return PrunedUNet2DConditionModel.from_config({**config, "pruning": dict(pruning)})
+        model = PrunedUNet2DConditionModel.from_config({**config, "pruning": dict(pruning)})
+    assert isinstance(model, PrunedUNet2DConditionModel)
+    return model
 
 
 # Saved pipelines name a component by (module, class); the stable public name keeps folders loadable

@@ -27,7 +27,7 @@ from prunekit_plugins.stages import (
     route_to_codes,
     train_router,
 )
-from prunekit_plugins.stages.finish import check_metric_paths, evaluate_and_report
+from prunekit_plugins.stages.finish import check_metric_paths, deploy_mixture
 
 
 @dataclass
@@ -80,7 +80,7 @@ class APTP:
         deployed = {"prompt_encoder": run.recipe.data["prompt_encoder"], "router": run.recipe.data["router"]}
         export = run.stage("export", lambda: export_mixture(
             ctx, load_router(ctx, "joint", new_router()), routing, experts, deployed=deployed))
-        return evaluate_and_report(run, {
+        return deploy_mixture(run, {
             "prune": {"warmup": warm, "joint": joint},
             "routing": {k: routing[k] for k in ("counts", "macs_ratio", "mean_macs_ratio", "target")},
             "experts": [{**e, "share": c / max(1, sum(routing["counts"]))}

@@ -57,7 +57,13 @@ class SentenceTransformerEncoder:
         self.model = SentenceTransformer(location, device=str(compute_device(config.device)), local_files_only=True)
         self.model.eval()
         dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(dim_of())
+        dim = dim_of()
+        if dim is None:  # none of the model's modules reports its output width
+            from prunekit.errors import PrunekitError
+
+            raise PrunekitError(f"prompt encoder {location}: the sentence-transformer does not report its embedding "
+                                "dimension")
+        self.dim = int(dim)
         from collections import OrderedDict
 
         self._cache: OrderedDict[str, Any] = OrderedDict()

@@ -40,9 +40,10 @@ def prunekit_register_components(register) -> None:
 @hookimpl
 def prunekit_check_recipe(recipe: dict[str, Any]) -> list[str]:
     method = (recipe.get("method") or {}).get("name")
+    unused = UNUSED_SECTIONS.get(method, ()) if isinstance(method, str) else ()
     problems = [f"{key}: method {method!r} does not use a {key} section; remove it "
                 f"(or set '{key}: null' when extending a recipe that has one)"
-                for key in UNUSED_SECTIONS.get(method, ()) if recipe.get(key)]
+                for key in unused if recipe.get(key)]
     if method == "uni_arch" and (recipe.get("losses") or {}).get("contrastive") is not None:
         problems.append("losses.contrastive: uni_arch trains one architecture for every prompt, so there is "
                         "no prompt-to-architecture similarity to learn; drop it (losses.contrastive: null)")

@@ -16,7 +16,7 @@ from prunekit_plugins.baselines.single_code import (
     build_single_code_router,
 )
 from prunekit_plugins.stages import PruningContext, export_mixture, one_expert_model_entry
-from prunekit_plugins.stages.finish import evaluate_and_report
+from prunekit_plugins.stages.finish import deploy_mixture
 
 
 def single_code_router(ctx: PruningContext, init_logit: float) -> Any:
@@ -41,4 +41,4 @@ def constant_prompt_encoder() -> Any:
 
 def finish(run: Any, ctx: PruningContext, result: dict[str, Any]) -> dict[str, Any]:
     """The model entry goes in before the evaluate stage and the report read the metrics."""
-    return evaluate_and_report(run, one_expert_model_entry(ctx, result), base=ctx.pipeline)
+    return deploy_mixture(run, one_expert_model_entry(ctx, result), base=ctx.pipeline)

@@ -115,8 +115,9 @@ def probe(samples: Iterable[tuple[str, str | None, Any]], what: str, *, limit: i
             counts["bad_metadata"] += 1
             first = first or where
             continue
+        problem: tuple[str, str] | None
         if not caption.strip():
-            problem: tuple[str, str] | None = ("empty_caption", "empty caption")
+            problem = ("empty_caption", "empty caption")
         else:
             problem = image_problem(image)
             if problem is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prunekit.config import option
 
@@ -62,17 +62,18 @@ def parse_line(raw: bytes, image_column: str, caption_column: str) -> tuple[tupl
     return (row[image_column], row[caption_column]), ""
 
 
-def load_image(path: Path, resolution: int) -> Any:
-    """RGB image → float tensor (3, R, R) in [-1, 1]: resize shorter side, centre crop."""
+def load_image(path: Path | IO[bytes], resolution: int) -> Any:
+    """RGB image (a file, or an open binary stream) → float tensor (3, R, R) in [-1, 1]: resize shorter
+    side, centre crop."""
     import numpy as np
     import torch
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with Image.open(path) as opened:
+        im = opened.convert("RGB")
         w, h = im.size
         s = resolution / min(w, h)
-        im = im.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.BICUBIC)
+        im = im.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.Resampling.BICUBIC)
         w, h = im.size
         left, top = (w - resolution) // 2, (h - resolution) // 2
         im = im.crop((left, top, left + resolution, top + resolution))

@@ -36,7 +36,8 @@ def write_synthetic_coco(folder: str | Path, *, images: int, captions_per_image:
     root = folder / image_dir
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    entries, annotations = [], []
+    entries: list[dict[str, Any]] = []  # COCO "images" records
+    annotations: list[dict[str, Any]] = []
     for k in range(images):
         image_id = k + 1
         shape, color = SHAPES[rng.integers(len(SHAPES))], list(COLORS)[rng.integers(len(COLORS))]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from prunekit.config import option
 
@@ -32,8 +32,11 @@ class DomainFIDConfig(DomainMetricConfig):
     reference_seed: int = option(0, ge=0, help="seed of the reference drawings when a batch brings no real images")
 
 
-class _WithClassifier:
-    def __init__(self, config: DomainMetricConfig) -> None:
+_Config = TypeVar("_Config", bound=DomainMetricConfig)
+
+
+class _WithClassifier(Generic[_Config]):
+    def __init__(self, config: _Config) -> None:
         self.config = config
         self._classifier: Any = None
 
@@ -46,7 +49,7 @@ class _WithClassifier:
         return self._classifier
 
 
-class DomainAlignment(_WithClassifier):
+class DomainAlignment(_WithClassifier[DomainMetricConfig]):
     """Share of images the classifier reads as what their prompt asks for (overall and per category)."""
 
     def __call__(self, batch: EvalBatch) -> dict[str, float]:
@@ -56,7 +59,7 @@ class DomainAlignment(_WithClassifier):
         return {f"domain_{k}": v for k, v in scores.items()}
 
 
-class DomainFID(_WithClassifier):
+class DomainFID(_WithClassifier[DomainFIDConfig]):
     """FID in the domain classifier's feature space; real images are drawn from the prompts when absent."""
 
     def __call__(self, batch: EvalBatch) -> dict[str, float]:

@@ -42,6 +42,12 @@ class Scene:
         return {**self.spec.to_dict(), "objects_drawn": [p.to_dict() for p in self.placed]}
 
 
+def _half_size(obj: DomainObject, resolution: float) -> float:
+    """Half the extent of a shape, in pixels."""
+    assert obj.size is not None  # layout gives every shape a size before it is placed or drawn
+    return SIZES[obj.size] * resolution
+
+
 def _pick(rng: Any, items: Any) -> Any:
     items = list(items)
     return items[int(rng.integers(len(items)))]
@@ -88,7 +94,7 @@ def layout(spec: PromptSpec, rng: Any, resolution: int) -> Scene:
 
     if spec.category == "object":
         obj = sized(spec.objects[0])
-        r = SIZES[obj.size] * R
+        r = _half_size(obj, R)
         x, y = rng.uniform(r + 1, R - r - 1, size=2)
         return Scene(spec, (Placed(obj, float(x), float(y)),), resolution)
     if spec.category == "pair":
@@ -96,7 +102,7 @@ def layout(spec: PromptSpec, rng: Any, resolution: int) -> Scene:
         # Slot order: the object that comes first along the relation's axis (left, or top).
         swap = spec.relation in ("right of", "below")
         first, second = (b, a) if swap else (a, b)
-        r1, r2 = SIZES[first.size] * R, SIZES[second.size] * R
+        r1, r2 = _half_size(first, R), _half_size(second, R)
         # Each object in its own half with >= 2 px between them (holds for R >= 20).
         along1 = rng.uniform(r1 + 1, max(r1 + 1, R / 2 - r1 - 1))
         along2 = rng.uniform(min(R - r2 - 1, R / 2 + r2 + 1), R - r2 - 1)
@@ -143,12 +149,13 @@ def render(scene: Scene) -> Any:
     for item in scene.placed:
         color = COLORS[item.obj.color]
         if item.obj.is_glyph:
+            assert item.obj.digit is not None  # a glyph always carries its digit
             ink = np.kron(np.array(glyph(item.obj.digit), dtype=np.uint8), np.ones((s, s), dtype=np.uint8))
             top = int(round(item.y - GLYPH_HEIGHT * s / 2))
             left = int(round(item.x - GLYPH_WIDTH * s / 2))
             region = image[top : top + ink.shape[0], left : left + ink.shape[1]]
             region[ink.astype(bool)] = color
         else:
-            r = SIZES[item.obj.size] * R
+            r = _half_size(item.obj, R)
             image[_shape_mask(item.obj.shape, item.x, item.y, r, yy, xx)] = color
     return image

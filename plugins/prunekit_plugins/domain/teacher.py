@@ -128,5 +128,6 @@ def build_embedded_random(config: EmbeddedRandomConfig) -> Any:
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to(config.device)
+    # mypy resolves diffusers' top-level StableDiffusionPipeline to its dummy (no-torch) class.
+    pipeline.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
+    return pipeline.to(config.device)  # type: ignore[attr-defined]

@@ -38,4 +38,5 @@ def build_domain_tokenizer(max_length: int = MAX_LENGTH) -> Any:
     merges = word_merges()
     for token in [*alphabet, *(c + "</w>" for c in alphabet), *(a + b for a, b in merges), *SPECIAL_TOKENS]:
         vocab.setdefault(token, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    # tokenizers' BPE takes merges as (left, right) pairs; transformers annotates them as list[str].
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ The defaults — text encoder 47.5 %, U-Net 35 % — are the configuration Rames
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 from prunekit.config import option
 from prunekit.ops.patterns import parse_pattern
@@ -88,6 +88,14 @@ class CalibratedConfig(PosttrainConfig):
         help="re-record each block's inputs after the blocks before it are pruned (one pass per block) "
         "instead of one pass over the dense model",
     )
+
+
+class HasCalibration(Protocol):
+    """What calibration reads from a method's options: a :class:`CalibratedConfig`, or any object
+    with a ``calibration`` section."""
+
+    @property
+    def calibration(self) -> CalibrationConfig: ...
 
 
 # --- per-method schemas (kept here, free of torch, so `prunekit plugins`/`validate` stay light) ---

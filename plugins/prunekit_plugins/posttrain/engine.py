@@ -134,6 +134,7 @@ def prune_component(
     dense: dict[str, Tensor] | None = None
     passes = 0
     if rule.targets_need_statistics and rule.statistic is not None:
+        assert feed is not None  # checked above: a rule with a statistic has a feed
         dense = _record(layers, rule.statistic, feed, stop_early=False)
         passes += 1
         if on_pass:
@@ -149,12 +150,14 @@ def prune_component(
     if rule.statistic is None:
         rule.prune_group(work, {}, targets)
     elif not sequential:
+        assert feed is not None
         stats = dense if dense is not None else _record(work, rule.statistic, feed, stop_early=False)
         passes += dense is None
         rule.prune_group(work, stats, targets)
         if on_pass and dense is None:
             on_pass("all layers")
     else:
+        assert feed is not None
         dense = None  # free it: sequential passes record each block afresh
         with execution_order({layer.name: layer.module for layer in work}) as order:
             run_until_stopped(feed.probe)

@@ -25,7 +25,7 @@ from prunekit.calibration import can_capture
 @dataclass
 class PrunableLayer:
     name: str
-    module: nn.Module
+    module: nn.Linear | nn.Conv2d  # what prunekit.calibration.can_capture accepts
 
     @property
     def weight(self) -> Tensor:

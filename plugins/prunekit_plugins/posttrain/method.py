@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 from prunekit.calibration import Feed, PipelineFeed, TextEncoderFeed
 from prunekit.errors import PrunekitError
 from prunekit_plugins.posttrain.config import (
-    CalibratedConfig,
+    HasCalibration,
     PosttrainConfig,
     TextEncoderSparsity,
     UNetSparsity,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 COMPONENTS: tuple[str, ...] = ("unet", "text_encoder")
 
 
-def component_feed(pipe: Any, component: str, prompts: list[str], config: CalibratedConfig) -> Feed:
+def component_feed(pipe: Any, component: str, prompts: list[str], config: HasCalibration) -> Feed:
     cal = config.calibration
     if component == "text_encoder":
         return TextEncoderFeed(pipe, prompts, batch_size=cal.batch_size, with_empty=cal.guidance_scale > 1)
@@ -72,7 +73,7 @@ def prune_pipeline_component(
     rule: PruningRule,
     *,
     prompts: list[str] | None = None,
-    config: PosttrainConfig,
+    config: PosttrainConfig | HasCalibration,
     on_pass: Callable[[str], None] | None = None,
 ) -> ComponentResult:
     """Prune ``pipe.<component>`` in place as ``spec`` (its sparsity section) asks."""
@@ -81,7 +82,8 @@ def prune_pipeline_component(
     if rule.statistic is not None:
         if not prompts:
             raise PrunekitError(f"{type(rule).__name__} needs calibration prompts (a dataset section)")
-        feed = component_feed(pipe, component, prompts, config)
+        # cast: a rule with a statistic belongs to a calibrated method, whose options have a calibration section.
+        feed = component_feed(pipe, component, prompts, cast(HasCalibration, config))
     return prune_component(
         layers,
         rule,
@@ -104,7 +106,8 @@ class PosttrainMethod:
     def _prompts(self, run: Run, rule: PruningRule) -> list[str] | None:
         if rule.statistic is None:
             return None
-        wanted = self.config.calibration.prompts  # type: ignore[attr-defined]
+        # cast: a rule with a statistic belongs to a calibrated method, whose options have a calibration section.
+        wanted = cast(HasCalibration, self.config).calibration.prompts
         dataset = run.build("dataset")
         # Empty captions are no calibration input: skipped, counted with what the dataset rejected.
         prompts: list[str] = []
@@ -168,8 +171,9 @@ class PosttrainMethod:
             out["left_dense"] = result.skipped
         if len({t.sparsity for t in result.targets.values()}) > 1:
             out["targets"] = {name: round(t.sparsity, 6) for name, t in result.targets.items()}
-        if getattr(rule, "outlier_ratios", None):
-            out["outlier_ratios"] = {name: round(r, 6) for name, r in rule.outlier_ratios.items()}
+        outlier_ratios = getattr(rule, "outlier_ratios", None)  # OWL's per-layer ratios
+        if outlier_ratios:
+            out["outlier_ratios"] = {name: round(r, 6) for name, r in outlier_ratios.items()}
         return out
 
     def _restore(self, run: Run, pipe: Any, component: str, result: dict[str, Any]) -> None:
@@ -192,7 +196,7 @@ class PosttrainMethod:
         for component in COMPONENTS:
             stage = f"prune_{component}"
             done = stage in run.completed_stages
-            results[component] = run.stage(stage, lambda c=component: self._prune_stage(run, pipe, c))
+            results[component] = run.stage(stage, partial(self._prune_stage, run, pipe, component))
             if done:
                 self._restore(run, pipe, component, results[component])
 

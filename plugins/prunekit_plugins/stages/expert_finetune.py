@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from prunekit import run_files
 from prunekit.config import option
 from prunekit.losses import DENOISING, DISTILLATION
 from prunekit_plugins.stages.context import (
@@ -96,12 +96,12 @@ def finetune_expert(ctx: PruningContext, i: int, routing: dict[str, Any], cfg: F
                            on_step=lambda s, rec: advance(1, loss=rec["loss"]), prefetch=reader.prefetch)
         reader.close()
         expert.load_state_dict(result.state_dict)
-        run.on_main(lambda: run.artifact(f"finetune_expert_{i}_history.json").write_text(json.dumps(result.history)))
+        run.on_main(lambda: run_files.write_history(run, f"finetune_expert_{i}", result.history))
         info.update(finetune_steps=cfg.iters, final_loss=history_tail_mean(result.history, "loss"),
                     **result.timing())
-    folder = expert_dir(run.artifact("mixture"), i)
+    folder = expert_dir(run_files.mixture_dir(run), i)
     run.on_main(lambda: save_expert(expert.eval(), mask, folder, base_config=unet.config,
                                     depth=prunable.inventory.depth, round_to=round_to,
                                     metadata={"expert": i, "samples": len(members)}, overwrite=True))
-    info["path"] = str(folder.relative_to(run.artifact("mixture")))
+    info["path"] = str(folder.relative_to(run_files.mixture_dir(run)))
     return info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prunekit import run_files
 from prunekit_plugins.stages.context import PruningContext
 
 
@@ -15,7 +16,7 @@ def export_mixture(ctx: PruningContext, router: Any, routing: dict[str, Any], ex
     from prunekit.mixture import write_mixture
 
     run = ctx.run
-    folder = run.artifact("mixture")
+    folder = run_files.mixture_dir(run)
     total = max(1, sum(routing["counts"]))
     if not run.is_main:
         return {"path": str(folder), "mean_macs_ratio": routing["mean_macs_ratio"]}
@@ -41,7 +42,7 @@ def one_expert_model_entry(ctx: PruningContext, metrics: dict[str, Any]) -> dict
     ``model`` entry (what the evaluation and report read)."""
     from prunekit.mixture import read_manifest
 
-    folder = ctx.run.artifact("mixture")
+    folder = run_files.mixture_dir(ctx.run)
     manifest = read_manifest(folder)
     entry = manifest["experts"][0]
     metrics["experts"] = [{**metrics["experts"][0], "macs": entry["macs"], "share": 1.0}]

@@ -16,7 +16,7 @@ def check_metric_paths(run: Any) -> None:
         raise MissingPathError("\n".join(problems))
 
 
-def evaluate_and_report(run: Any, result: dict[str, Any], *, base: Any) -> dict[str, Any]:
+def deploy_mixture(run: Any, result: dict[str, Any], *, base: Any) -> dict[str, Any]:
     """``result`` saying that the run deployed its mixture (``artifacts/mixture``): the runner then runs
     the ``evaluate`` stage when the recipe has ``metrics:`` and writes report.html (see
     :mod:`prunekit.deployable`; ``base`` is the frozen teacher pipeline, reused there)."""

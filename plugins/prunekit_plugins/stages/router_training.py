@@ -8,12 +8,12 @@ U-Net runs only when a loss needs its prediction or block outputs.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from prunekit import run_files
 from prunekit.config import option
 from prunekit.losses import DENOISING, DISTILLATION
 from prunekit_plugins.stages.context import (
@@ -45,15 +45,11 @@ class PruneStageConfig:
     grad_accum: int | None = option(None, ge=1, help="overrides engine.grad_accum for this stage")
 
 
-def router_artifact(phase: str) -> str:
-    return f"router_{phase}.safetensors"
-
-
 def load_router(ctx: PruningContext, phase: str, router: Any) -> Any:
     """``router`` with the weights the ``phase`` stage saved; returns it."""
     from safetensors.torch import load_file
 
-    router.load_state_dict(load_file(str(ctx.run.artifact(router_artifact(phase)))))
+    router.load_state_dict(load_file(str(run_files.router_file(ctx.run, phase))))
     return router
 
 
@@ -83,7 +79,7 @@ def train_router(ctx: PruningContext, phase: Phase, cfg: PruneStageConfig, *, ne
     router.codes.requires_grad_(phase == "joint")
     if steps == 0:
         run.on_main(lambda: save_file({k: v.detach().contiguous() for k, v in router.state_dict().items()},
-                                      str(run.artifact(router_artifact(phase)))))
+                                      str(run_files.router_file(run, phase))))
         return {"steps": 0}, router
 
     # The router is tiny: it trains in fp32 whatever the precision, so its gate logits, the cost
@@ -161,8 +157,8 @@ def train_router(ctx: PruningContext, phase: Phase, cfg: PruneStageConfig, *, ne
 
     def write() -> None:
         save_file({k: v.contiguous().cpu() for k, v in result.state_dict.items()},
-                  str(run.artifact(router_artifact(phase))))
-        run.artifact(f"prune_{phase}_history.json").write_text(json.dumps(result.history))
+                  str(run_files.router_file(run, phase)))
+        run_files.write_history(run, f"prune_{phase}", result.history)
 
     run.on_main(write)
     return {

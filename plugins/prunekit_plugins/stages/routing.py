@@ -7,21 +7,19 @@ Both return the same record: counts, per-expert cost and ratio, the mean ratio, 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from prunekit import run_files
 from prunekit_plugins.stages.context import PruningContext
-
-ROUTING_FILE = "routing.json"
 
 
 def write_routing(ctx: PruningContext, expert_of_sample: list[int], masks: list[list[int]]) -> None:
-    ctx.run.on_main(lambda: ctx.run.artifact(ROUTING_FILE).write_text(json.dumps({
-        "expert_of_sample": expert_of_sample, "masks": masks})))
+    ctx.run.on_main(lambda: run_files.write_routing(ctx.run, expert_of_sample, masks))
 
 
 def read_routing(ctx: PruningContext) -> dict[str, Any]:
-    return json.loads(ctx.run.artifact(ROUTING_FILE).read_text())
+    routing = run_files.read_routing(ctx.run)
+    return {"expert_of_sample": routing.expert_of_sample, "masks": routing.masks}
 
 
 def route_to_codes(ctx: PruningContext, router: Any, gate: Any) -> dict[str, Any]:

@@ -62,7 +62,7 @@ _RC = {
 def _style() -> Iterator[None]:
     import matplotlib
 
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(_RC):  # type: ignore[arg-type]  # matplotlib types keys as a Literal
         yield
 
 

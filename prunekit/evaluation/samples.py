@@ -49,10 +49,12 @@ def write_samples(pipeline: Any, prompts_by_expert: Mapping[int, Sequence[str]],
         name = f"expert_{expert:02d}_{k}.png"
         Image.fromarray(generation.images[n].permute(1, 2, 0).numpy()).save(folder / name)
         routed = generation.experts[n] if generation.experts is not None else expert
-        entry = {"expert": expert, "routed_to": routed, "prompt": prompt, "file": name, "seed": config.seed + n}
+        entry: dict[str, Any] = {"expert": expert, "routed_to": routed, "prompt": prompt, "file": name,
+                                 "seed": config.seed + n}
         if dense is not None:
-            entry["teacher_file"] = f"teacher_{expert:02d}_{k}.png"
-            Image.fromarray(dense.images[n].permute(1, 2, 0).numpy()).save(folder / entry["teacher_file"])
+            teacher_name = f"teacher_{expert:02d}_{k}.png"
+            entry["teacher_file"] = teacher_name
+            Image.fromarray(dense.images[n].permute(1, 2, 0).numpy()).save(folder / teacher_name)
         entries.append(entry)
     atomic_write_json(folder / run_files.SAMPLES_INDEX, entries)
     return entries

@@ -201,7 +201,9 @@ def test_metrics_with_per_image_scores_get_intervals_in_the_report(run_dir):
     evaluation = json.loads((run_dir / "artifacts" / "evaluation.json").read_text())
     intervals = json.loads((run_dir / "report" / "report.json").read_text())["intervals"]
     assert intervals["resamples"] == 1000 and intervals["level"] == 0.95
-    assert set(intervals["metrics"]) == {"brightness"}  # the only metric that keeps per-image scores
+    # the metrics that keep per-image scores: the test's brightness, and domain alignment (overall, per category)
+    assert "brightness" in intervals["metrics"] and "domain_alignment" in intervals["metrics"]
+    assert all(k == "brightness" or k.startswith("domain_alignment") for k in intervals["metrics"])
     scores = evaluation["mixture"]["per_image"]["scores"]["brightness"]
     assert len(scores) == EVAL_PROMPTS and evaluation["mixture"]["per_image"]["experts"] == [
         e for b in sorted((run_dir / "artifacts" / "eval_images" / "mixture" / "batches").glob("*.json"))
@@ -218,7 +220,7 @@ def test_metrics_with_per_image_scores_get_intervals_in_the_report(run_dir):
     assert "<th>mixture − teacher</th>" in table and "95% interval, a percentile bootstrap" in table
     low, high = (f"{entry['mixture'][k]:.4g}".replace("-", "−") for k in ("low", "high"))
     assert f'<span class="ci">[{low}, {high}]</span>' in table
-    assert table.count('<span class="ci">') == 3  # teacher, mixture and their difference: brightness only
+    assert table.count('<span class="ci">') >= 3  # teacher, mixture and their difference, per such metric
     # per expert, under each expert's value
     experts = section(page, "experts")
     for e, s in entry["experts"].items():
@@ -343,7 +345,9 @@ def test_eval_command_reevaluates_a_run_with_overrides(run_dir):
     assert '<section id="metrics">' in page
     # the routing table follows the new evaluation: 4 prompts
     assert sum(sum(row) for row in metrics["mixture"]["generation"]["experts_by_category"].values()) == 4
-    assert json.loads((run_dir / "report" / "report.json").read_text())["intervals"] == {}  # no per-image metric left
+    # brightness is gone: only domain alignment keeps per-image scores now
+    intervals = json.loads((run_dir / "report" / "report.json").read_text())["intervals"]["metrics"]
+    assert "brightness" not in intervals and all(k.startswith("domain_alignment") for k in intervals)
 
 
 def test_a_plugin_adds_report_sections_through_the_hook(run_dir, tmp_path):

@@ -24,6 +24,9 @@ A run that fails (any error, a full disk included) records ``status: failed`` an
 rewritten in place when no new block can be had. What is written under a temporary name and renamed
 (the records here, encoded shards, evaluation images, experts) removes that file when the write fails.
 
+Why one module of this size: the lock, the padded ``run.json``, the atomic writers and the failure
+record share one invariant (a single writer whose last record always lands); they are audited together.
+
 Under a launcher every rank runs every stage (training is collective), but only rank 0 writes to
 the run directory: it creates it, logs, records stages and metrics; the other ranks wait at the
 stage boundaries and take rank 0's results, so all ranks continue from the same state.

@@ -129,6 +129,12 @@ def test_metric_plugins_on_an_eval_batch():
     batch = EvalBatch(prompts=other.prompts, images=other_images, real_images=real_images)
     scores = alignment(batch)
     assert scores["domain_alignment"] > 0.95 and "domain_alignment_pair" in scores
+    # per image: 1/0 that average to the batch score, per category only inside the category
+    per_image = alignment.per_image(batch)
+    assert len(per_image["domain_alignment"]) == len(other.prompts)
+    for key, value in scores.items():
+        present = [v for v in per_image[key] if v is not None]
+        assert set(present) <= {0.0, 1.0} and sum(present) / len(present) == pytest.approx(value), key
     real_vs_real = fid(batch)["domain_fid"]
     real_vs_noise = fid(EvalBatch(prompts=real.prompts, images=noise, real_images=real_images))["domain_fid"]
     blank = torch.full_like(real_images, 245)

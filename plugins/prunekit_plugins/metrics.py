@@ -3,6 +3,8 @@
 
 Nothing is downloaded: FID/KID need the FID InceptionV3 weights as a local file, CLIP score and CMMD a
 local CLIP folder. Without them a run stops at preflight with one line naming the recipe key to set.
+One module for all of them (past ~400 lines) because they share the weight-path preflight and the
+evaluation-batch conventions, and each is a few dozen lines.
 """
 
 from __future__ import annotations

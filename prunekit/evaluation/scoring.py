@@ -4,6 +4,13 @@ A metric plugin builds a callable ``metric(batch: EvalBatch) -> dict[str, value]
 or short strings; keys must be unique across the metrics of a recipe). A metric object may set
 ``per_expert = False`` when it describes a whole pipeline (MACs, latency) rather than a set of images;
 the others also run on the images of each expert of a mixture.
+
+Per-image scores (optional): a metric whose value is a mean over images (CLIP score, the share of
+images judged aligned) may define ``per_image(batch) -> {key: [score of each image of the batch]}``,
+with None where a key does not apply to an image (a per-category key). It is called on
+``eval.metric_batch`` images at a time; the scores are kept, in prompt order, under the result's
+``per_image`` (the report bootstraps confidence intervals from them). Metrics without it are scored
+exactly as before.
 """
 
 from __future__ import annotations
@@ -102,10 +109,67 @@ class _Collector:
             self.values[key], self._owner[key] = _plain(value), name
 
 
+def _score_value(value: Any) -> float | None:
+    """A per-image score as kept in the result: a finite float (6 significant digits), else None."""
+    import math
+
+    value = _plain(value)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(f"{float(value):.6g}")
+
+
+def per_image_scores(metrics: Mapping[str, Any], batches: Any) -> dict[str, list[float | None]]:
+    """The per-image scores of the metrics that define ``per_image(batch)``, over ``batches`` (an
+    iterable of :class:`EvalBatch`, in prompt order): ``{key: [score or None per image]}``. A key two
+    metrics report, or a list whose length is not the batch's, is an error."""
+    from prunekit.errors import PluginError
+
+    providers = {k: m.per_image for k, m in metrics.items() if callable(getattr(m, "per_image", None))}
+    scores: dict[str, list[float | None]] = {}
+    owner: dict[str, str] = {}
+    done = 0
+    for batch in batches if providers else ():
+        size = len(batch.prompts)
+        for name, provider in providers.items():
+            result = provider(batch)
+            if not isinstance(result, Mapping):
+                raise PluginError(f"metric {name!r}: per_image returned {type(result).__name__}; expected a dict of lists")
+            for key, values in result.items():
+                if owner.setdefault(key, name) != name:
+                    raise PluginError(f"metrics {owner[key]!r} and {name!r} both report per-image {key!r}")
+                values = list(_plain(values))
+                if len(values) != size:
+                    raise PluginError(f"metric {name!r}: per_image {key!r} has {len(values)} scores for {size} images")
+                column = scores.setdefault(key, [None] * done)
+                column.extend(_score_value(v) for v in values)
+        done += size
+        for column in scores.values():  # keys a batch did not report
+            column.extend([None] * (done - len(column)))
+    return scores
+
+
+def experts_by_category(attributes: Sequence[Mapping[str, Any]] | None, experts: Sequence[int] | None,
+                        n_experts: int) -> dict[str, list[int]] | None:
+    """How many prompts of each category (``attributes[i]["category"]``) were routed to each expert:
+    ``{category: [count for expert 0, 1, ...]}``, categories sorted; None without categories or experts."""
+    if experts is None or not attributes or len(attributes) != len(experts):
+        return None
+    categories = [a.get("category") if isinstance(a, Mapping) else None for a in attributes]
+    if any(c is None for c in categories):
+        return None
+    table = {str(c): [0] * n_experts for c in sorted({str(c) for c in categories})}
+    for category, expert in zip(categories, experts):
+        table[str(category)][int(expert)] += 1
+    return table
+
+
 def _score(metrics: Mapping[str, Any], prompts: list[str], images: Any, real: Any, attributes: Any,
            extra: dict[str, Any], experts: list[int] | None, n_experts: int, config: EvalConfig,
-           expert_extra: Callable[[int], dict[str, Any]]) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    """Values of ``metrics`` over all images, and per expert (experts with two images or more).
+           expert_extra: Callable[[int], dict[str, Any]]) -> tuple[dict[str, Any], dict[int, dict[str, Any]],
+                                                                   dict[str, list[float | None]]]:
+    """Values of ``metrics`` over all images, per expert (experts with two images or more), and the
+    per-image scores of the metrics that give them (:func:`per_image_scores`).
 
     A metric with ``accumulator()`` is fed ``config.metric_batch`` images at a time (generated ones
     read from ``images``, real ones from ``real``), so no image set is ever held whole; any other
@@ -161,7 +225,10 @@ def _score(metrics: Mapping[str, Any], prompts: list[str], images: Any, real: An
             sub = _subset(full, members[e], expert_extra(e))
             for k, m in per_image.items():
                 per_expert[e].add(k, m(sub))
-    return total.values, {e: c.values for e, c in per_expert.items()}
+    chunks = (batch_of(list(range(start, min(n, start + config.metric_batch))), extra)
+              for start in range(0, n, config.metric_batch))
+    scores = per_image_scores(metrics, chunks)
+    return total.values, {e: c.values for e, c in per_expert.items()}, scores
 
 
 def evaluate(pipeline: Any, prompts: Sequence[str], metrics: Mapping[str, Callable[[EvalBatch], Mapping[str, Any]]],
@@ -173,7 +240,10 @@ def evaluate(pipeline: Any, prompts: Sequence[str], metrics: Mapping[str, Callab
 
     Returns ``{"metrics": {...}, "generation": {...}}`` plus, for a routed pipeline, ``"experts"``: per
     expert the number and share of images routed to it and the per-expert metrics computed on them
-    (experts with fewer than two images get none). ``real_images``: a uint8 tensor or an image source
+    (experts with fewer than two images get none), and, when ``attributes`` give each prompt a
+    ``category``, ``generation["experts_by_category"]`` (:func:`experts_by_category`). When a metric
+    gives per-image scores, ``"per_image"``: ``{"scores": {key: [...]}}`` in prompt order (and, for a
+    routed pipeline, ``"experts"``: the expert of each image). ``real_images``: a uint8 tensor or an image source
     (:mod:`prunekit.eval_images`); generated and real images are resized to ``config.resize``
     (default: the real images' size) before any metric.
 
@@ -215,15 +285,21 @@ def evaluate(pipeline: Any, prompts: Sequence[str], metrics: Mapping[str, Callab
                  "height": size, "width": size, "generation_seconds_per_image": per_image_seconds,
                  "manifest": pipeline.manifest if routed else None}
     n_experts = len(pipeline.experts) if routed else 0
-    values, per_expert = _score(metrics, prompts, images, real, attributes, extra_all, experts, n_experts, config,
-                                lambda e: {"role": "expert", "expert": e, "pipeline": expert_pipeline(pipe, e)})
+    values, per_expert, scores = _score(metrics, prompts, images, real, attributes, extra_all, experts, n_experts,
+                                        config, lambda e: {"role": "expert", "expert": e,
+                                                           "pipeline": expert_pipeline(pipe, e)})
     result: dict[str, Any] = {
         "metrics": values,
         "generation": {"images": len(prompts), "height": size, "width": size,
                        "metric_size": (config.resize or size) if prompts else None,
                        "seconds": round(seconds, 3), "seconds_per_image": round(per_image_seconds, 4)},
     }
+    if scores:
+        result["per_image"] = {"scores": scores, **({"experts": list(experts)} if routed and experts is not None else {})}
     if routed:
+        by_category = experts_by_category(attributes, experts, n_experts)
+        if by_category is not None:
+            result["generation"]["experts_by_category"] = by_category
         result["experts"] = []
         for expert in range(n_experts):
             count = sum(1 for e in experts or [] if e == expert)

@@ -1,6 +1,7 @@
-"""Everything a run's report shows, as plain data read from the run directory alone: the metrics, the
-mixture's experts, the words and complexity of the training prompts routed to each, the samples and
-the training histories (also written to ``report/report.json``)."""
+"""Everything a run's report shows, as plain data read from the run directory alone: the metrics (with
+bootstrap intervals where the evaluation kept per-image scores), the mixture's experts, the evaluation
+prompts per category routed to each, the words and complexity of the training prompts routed to each,
+the samples and the training histories (also written to ``report/report.json``)."""
 
 from __future__ import annotations
 
@@ -86,22 +87,45 @@ def record_complexity(run_dir: str | Path, dataset: Any, prompts: Sequence[str])
     return True
 
 
-def method_name(recipe_text: str) -> str:
-    """The ``method.name`` of a run's recipe.yaml ("" when it cannot be read)."""
+def _recipe(recipe_text: str) -> dict[str, Any]:
     import yaml
 
     try:
         data = yaml.safe_load(recipe_text) or {}
     except yaml.YAMLError:
-        return ""
-    method = data.get("method") if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def method_name(recipe_text: str) -> str:
+    """The ``method.name`` of a run's recipe.yaml ("" when it cannot be read)."""
+    method = _recipe(recipe_text).get("method")
     return str(method.get("name", "")) if isinstance(method, dict) else ""
+
+
+def recipe_name(recipe_text: str) -> str:
+    """The ``name`` of a run's recipe.yaml ("" when it has none or cannot be read)."""
+    name = _recipe(recipe_text).get("name")
+    return str(name) if name else ""
+
+
+def complexity_intervals(values: Sequence[float], experts_of: Sequence[int], n_experts: int) -> list[Any]:
+    """Per expert, the bootstrap interval ``[low, high]`` of the mean complexity of its training prompts
+    (None with fewer than two prompts)."""
+    from prunekit.report.stats import bootstrap_ci
+
+    out: list[Any] = []
+    for e in range(n_experts):
+        interval = bootstrap_ci([v for v, x in zip(values, experts_of) if x == e])
+        out.append(list(interval) if interval else None)
+    return out
 
 
 def collect(run_dir: str | Path, *, complexity: Callable[[str], float] | None = None) -> dict[str, Any]:
     """Everything the core sections of the report show, as plain data (also written to ``report/report.json``)."""
     from prunekit.metrics import spearman
     from prunekit.report.architecture import retained_mac_map
+    from prunekit.report.stats import metric_intervals, routing_table
 
     run_dir = Path(run_dir)
     metrics = read_json(run_dir / "metrics.json", {})
@@ -116,8 +140,13 @@ def collect(run_dir: str | Path, *, complexity: Callable[[str], float] | None = 
     routed_ratio = [ratio[e] for e in experts_of]
     rho = spearman(values, routed_ratio)
     recipe_text = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").is_file() else ""
+    evaluation = read_json(run_files.evaluation_file(run_dir), {}) or {}
+    if evaluation.get("prompts") != (metrics.get("evaluation") or {}).get("prompts"):
+        evaluation = {}  # not the evaluation metrics.json shows (e.g. `prunekit eval --output`)
     return {
         "run": run_dir.name,
+        "title": recipe_name(recipe_text) or run_dir.name,
+        "description": str(_recipe(recipe_text).get("description") or ""),
         "method": method_name(recipe_text),
         "stages": list(read_json(run_dir / "stages.json", {}) or {}),
         "recipe": recipe_text,
@@ -132,5 +161,8 @@ def collect(run_dir: str | Path, *, complexity: Callable[[str], float] | None = 
             "source": source, "spearman": rho, "prompts": len(prompts),
             "mean_by_expert": [sum(values[i] for i, x in enumerate(experts_of) if x == e) / len(by_expert[e])
                                if by_expert[e] else None for e in range(n_experts)],
+            "interval_by_expert": complexity_intervals(values, experts_of, n_experts),
         },
+        "intervals": metric_intervals(evaluation),
+        "routing": routing_table(metrics, n_experts),
     }

@@ -9,18 +9,19 @@ from pathlib import Path
 from typing import Any
 
 # The core sections (HTML ids), in page order.
-SECTIONS = ("summary", "metrics", "experts", "architecture", "words", "samples", "complexity")
+SECTIONS = ("summary", "metrics", "experts", "routing", "architecture", "words", "samples", "complexity")
 
 
 @dataclass(eq=False)
 class ReportSection:
     """A section a plugin adds to ``report.html``.
 
-    ``id``: its HTML id and navigation link (unique in the page); ``title``: its heading; ``charts``:
-    PIL images by file stem, each written to ``report/<stem>.png`` and embedded in this order;
-    ``html``: markup shown before the charts (escape what you interpolate); ``empty``: a note shown
-    when the section has neither; ``after``: the section (core or plugin) it follows — an unknown id
-    puts it at the end of the page.
+    ``id``: its HTML id and navigation link (unique in the page); ``title``: its heading (escaped);
+    ``charts``: by file stem, :class:`prunekit.plots.Chart` s (written to ``report/<stem>.png`` and
+    ``.svg``) or PIL images (``.png`` only), embedded in this order; ``html``: markup shown before the
+    charts (inserted as is: escape what you interpolate); ``empty``: a note shown when the section has
+    neither (escaped); ``after``: the section (core or plugin) it follows — an unknown id puts it at
+    the end of the page.
     """
 
     id: str

@@ -2,8 +2,9 @@
 
 Pruning: the losses and the MACs ratio of ``prune_warmup`` then ``prune`` (histories
 ``prune_warmup`` / ``prune_joint``), the budget as a line; fine-tuning: the loss of every
-``finetune_expert_i``. Any run made of these stages gets it (``aptp``, and ``norm`` / ``uni_arch``,
-which reuse them).
+``finetune_expert_i``. Drawn with :mod:`prunekit.plots` (matplotlib): noisy curves smoothed over the
+faint raw ones, log axes where losses span decades. Any run made of these stages gets it (``aptp``,
+and ``norm`` / ``uni_arch``, which reuse them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ def _is_aptp_stage(name: str) -> bool:
 
 
 def training_curves(report: dict[str, Any]) -> dict[str, Any]:
-    """``loss_prune``, ``macs_prune`` and ``loss_finetune`` charts (PIL images), those that have data."""
+    """``loss_prune``, ``macs_prune`` and ``loss_finetune`` charts (:class:`prunekit.plots.Chart`), those
+    that have data. Losses are smoothed (the raw curve faint behind) and on a log axis when they span
+    decades."""
     from prunekit import plots
 
     out: dict[str, Any] = {}
@@ -33,20 +36,19 @@ def training_curves(report: dict[str, Any]) -> dict[str, Any]:
         offset = warm[-1]["step"] if warm else 0
         phases = {"joint": offset + 0.5} if warm and joint else {}
         keys = [k for k in (joint or warm)[0] if k == "loss" or k.startswith("loss_")]
-        positive = all(v > 0 for h in warm + joint for k in keys if isinstance(v := h.get(k), (int, float)))
         out["loss_prune"] = plots.line_chart(
-            {k: series(warm, k) + series(joint, k, offset) for k in keys},
-            title="Pruning losses (warm-up, then joint)", xlabel="step", log_y=positive, vlines=phases)
+            {k: series(warm, k) + series(joint, k, offset) for k in keys}, smooth=True, ylabel="loss",
+            title="Pruning losses (warm-up, then joint)", xlabel="step", vlines=phases)
         out["macs_prune"] = plots.line_chart(
             {"MACs ratio (batch mean)": series(warm, "macs_ratio") + series(joint, "macs_ratio", offset)},
             hlines={"target": float(report["manifest"].get("budget", 0.0))}, title="MACs ratio during pruning",
-            xlabel="step", vlines=phases)
+            xlabel="step", ylabel="MACs ratio", vlines=phases, smooth=True, log_y=False)
     finetune = {k.replace(FINETUNE_EXPERT, "E"): series(h, "loss") for k, h in histories.items()
                 if k.startswith(FINETUNE_EXPERT)}
     if finetune:
-        positive = all(y > 0 for s in finetune.values() for _, y in s)
+        finetune = dict(sorted(finetune.items(), key=lambda kv: int(kv[0][1:]) if kv[0][1:].isdigit() else kv[0]))
         out["loss_finetune"] = plots.line_chart(finetune, title="Fine-tuning loss per expert", xlabel="step",
-                                                log_y=positive)
+                                                ylabel="loss", smooth=True)
     return out
 
 

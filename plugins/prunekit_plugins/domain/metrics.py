@@ -58,6 +58,18 @@ class DomainAlignment(_WithClassifier[DomainMetricConfig]):
         scores = alignment_scores(self.classifier, batch.images, batch.prompts, batch.attributes)
         return {f"domain_{k}": v for k, v in scores.items()}
 
+    def per_image(self, batch: EvalBatch) -> dict[str, list[float | None]]:
+        """1/0 per image (aligned or not), overall and per category (None outside the category): the
+        report bootstraps its intervals from them."""
+        from prunekit_plugins.domain.evaluate import aligned_mask
+
+        ok, categories = aligned_mask(self.classifier, batch.images, batch.prompts, batch.attributes)
+        values = [float(v) for v in ok.tolist()]
+        out: dict[str, list[float | None]] = {"domain_alignment": list(values)}
+        for category in sorted(set(categories)):
+            out[f"domain_alignment_{category}"] = [v if c == category else None for v, c in zip(values, categories)]
+        return out
+
 
 class DomainFID(_WithClassifier[DomainFIDConfig]):
     """FID in the domain classifier's feature space; real images are drawn from the prompts when absent."""

@@ -181,3 +181,46 @@ def test_teacher_samples_align_far_above_chance(classifier):
     own = alignment_scores(classifier, samples, prompts=data.prompts)["alignment"]
     shifted = alignment_scores(classifier, samples, prompts=data.prompts[1:] + data.prompts[:1])["alignment"]
     assert own > 0.05 and own > 4 * shifted, (own, shifted)  # docs/domain.md: 15% on 160 prompts, chance 0.3%
+
+
+def test_train_and_heldout_splits_share_no_prompt_whatever_the_seeds():
+    from prunekit_plugins.domain.dataset import is_heldout
+
+    train = EmbeddedDomain(EmbeddedDomainConfig(size=1024, seed=3, split="train"))
+    heldout = EmbeddedDomain(EmbeddedDomainConfig(size=256, seed=3, split="heldout"))
+    assert not set(train.prompts) & set(heldout.prompts)
+    assert all(is_heldout(p) for p in heldout.prompts) and not any(is_heldout(p) for p in train.prompts)
+    assert {"object", "pair", "digit", "number"} <= set(heldout.categories)
+    everything = EmbeddedDomain(EmbeddedDomainConfig(size=1024, seed=3))
+    assert set(everything.prompts) & set(heldout.prompts)  # the unsplit domain does hold them
+    # split "all" draws exactly what the domain drew before splits existed
+    assert everything.prompts[:5] == EmbeddedDomain(EmbeddedDomainConfig(size=5, seed=3)).prompts
+
+
+# The teacher's own training data and its classifier are the domain itself (they predate the splits).
+_UNSPLIT = {"tiny/pretrain.yaml", "tiny/domain_classifier.yaml"}
+
+
+def test_every_embedded_recipe_evaluates_on_prompts_it_never_trains_on():
+    from prunekit.eval_config import eval_dataset_section
+    from prunekit.recipe import load_recipe
+
+    checked = 0
+    for path in sorted((REPO / "recipes").rglob("*.yaml")):
+        rel = path.relative_to(REPO / "recipes").as_posix()
+        if rel in _UNSPLIT or rel.startswith("sweeps/") or "/sweeps/" in rel:
+            continue
+        data = load_recipe(path).data
+        train = data.get("dataset") or {}
+        if train.get("name") != "embedded_domain":
+            continue
+        evaluation = eval_dataset_section(data) or {}
+        assert train.get("split") == "train", rel
+        assert evaluation.get("name") == "embedded_domain" and evaluation.get("split") == "heldout", rel
+        assert evaluation.get("seed") != train.get("seed"), rel
+        fields = ("size", "seed", "split", "holdout")
+        seen = EmbeddedDomain(EmbeddedDomainConfig(**{k: train[k] for k in fields if k in train}))
+        held = EmbeddedDomain(EmbeddedDomainConfig(**{k: evaluation[k] for k in fields if k in evaluation}))
+        assert not set(seen.prompts) & set(held.prompts), rel
+        checked += 1
+    assert checked >= 8

@@ -146,6 +146,26 @@ def test_samples_show_teacher_and_expert_from_the_same_prompt_and_seed(run_dir):
     assert any(np.abs(t - e).max() > 0 for t, e in pixels)
 
 
+def test_eval_complexity_spearman_is_recomputed_from_the_routes(run_dir):
+    from prunekit_plugins.domain.dataset import EmbeddedDomain, EmbeddedDomainConfig
+
+    from prunekit.evaluation import select_indices
+    from prunekit.metrics import spearman
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    recorded = metrics["mixture"]["generation"]["complexity"]
+    dataset = EmbeddedDomain(EmbeddedDomainConfig(size=64, resolution=32, seed=3))
+    complexity = [dataset.complexity[i] for i in select_indices(len(dataset), EVAL_PROMPTS, 0)]
+    batches = sorted((run_dir / "artifacts" / "eval_images" / "mixture" / "batches").glob("*.json"))
+    experts = [e for b in batches for e in json.loads(b.read_text())["experts"]]
+    manifest = json.loads((run_dir / "artifacts" / "mixture" / "manifest.json").read_text())
+    ratio = {e["id"]: e["macs_ratio"] for e in manifest["experts"]}
+    expected = spearman(complexity, [ratio[e] for e in experts])
+    assert recorded["spearman"] == pytest.approx(expected, nan_ok=True)
+    assert metrics["mixture"]["metrics"]["complexity_spearman"] == pytest.approx(expected, nan_ok=True)
+    assert recorded["prompts"] == EVAL_PROMPTS
+
+
 def test_routing_table_counts_the_eval_prompts_per_category_and_expert(run_dir):
     from prunekit_plugins.domain.dataset import EmbeddedDomain, EmbeddedDomainConfig
 

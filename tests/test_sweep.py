@@ -315,3 +315,27 @@ points:
     assert "0 of 3 points completed" in err and "  failed: nothing: the launch ended without an error" in err
     table = (out / "results.md").read_text()
     assert "| nothing | nothing | dense_finetune | failed |" in table and "left no run in" in table
+
+
+def test_summary_over_seeds_gives_mean_std_and_counts_only_finished_points():
+    import statistics
+
+    from prunekit.sweep.summary import format_stat, separated, summary_rows
+
+    rows = [{"series": "aptp", "budget": 0.6, "seed": s, "status": "completed", "q": q}
+            for s, q in enumerate([0.30, 0.34, 0.32])]
+    rows += [{"series": "norm", "budget": 0.6, "seed": 0, "status": "completed", "q": 0.20},
+             {"series": "norm", "budget": 0.6, "seed": 1, "status": "completed", "q": 0.22},
+             {"series": "norm", "budget": 0.6, "seed": 2, "status": "failed", "q": 9.0},
+             {"series": "norm", "budget": 0.8, "seed": 0, "status": "completed", "q": float("nan")}]
+    lines = summary_rows(rows, axes=["budget", "seed"], average=["seed"], columns=["q"])
+    assert [(line["series"], line["budget"], line["points"], line["completed"]) for line in lines] == [
+        ("aptp", 0.6, 3, 3), ("norm", 0.6, 3, 2), ("norm", 0.8, 1, 1)]
+    assert lines[0]["q"]["mean"] == pytest.approx(0.32) and lines[0]["q"]["std"] == pytest.approx(
+        statistics.stdev([0.30, 0.34, 0.32]))
+    assert lines[1]["q"] == {"mean": pytest.approx(0.21), "std": pytest.approx(statistics.stdev([0.2, 0.22])), "n": 2}
+    assert lines[2]["q"] == {"mean": None, "std": None, "n": 0}  # a NaN is not a value
+    assert separated(lines[0]["q"], lines[1]["q"])
+    assert not separated(lines[0]["q"], {"mean": 0.31, "std": 0.05, "n": 3})
+    assert not separated(lines[0]["q"], {"mean": 0.1, "std": None, "n": 1})  # one point: no spread, no verdict
+    assert format_stat(lines[0]["q"]) == "0.32 ± 0.02"

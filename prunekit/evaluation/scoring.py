@@ -164,6 +164,30 @@ def experts_by_category(attributes: Sequence[Mapping[str, Any]] | None, experts:
     return table
 
 
+def complexity_by_expert(attributes: Sequence[Mapping[str, Any]] | None, experts: Sequence[int] | None,
+                         manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Do harder eval prompts go to bigger experts? Spearman's rho between each prompt's complexity
+    (``attributes[i]["complexity"]``) and the MACs ratio of the expert it was routed to (the
+    manifest's), with the mean complexity per expert; None without complexities, routes or ratios."""
+    from prunekit.metrics import spearman
+
+    if experts is None or not attributes or len(attributes) != len(experts) or not manifest:
+        return None
+    values = [a.get("complexity") if isinstance(a, Mapping) else None for a in attributes]
+    ratios = {int(e["id"]): float(e["macs_ratio"]) for e in manifest.get("experts", [])
+              if "id" in e and e.get("macs_ratio") is not None}
+    if any(v is None for v in values) or any(int(e) not in ratios for e in experts):
+        return None
+    complexity = [float(v) for v in values]  # type: ignore[arg-type]
+    routed = [ratios[int(e)] for e in experts]
+    means = []
+    for expert in sorted(ratios):
+        mine = [c for c, e in zip(complexity, experts) if int(e) == expert]
+        means.append(sum(mine) / len(mine) if mine else None)
+    return {"spearman": spearman(complexity, routed), "prompts": len(complexity),
+            "macs_ratio_by_expert": [ratios[e] for e in sorted(ratios)], "mean_complexity_by_expert": means}
+
+
 def _score(metrics: Mapping[str, Any], prompts: list[str], images: Any, real: Any, attributes: Any,
            extra: dict[str, Any], experts: list[int] | None, n_experts: int, config: EvalConfig,
            expert_extra: Callable[[int], dict[str, Any]]) -> tuple[dict[str, Any], dict[int, dict[str, Any]],
@@ -300,6 +324,11 @@ def evaluate(pipeline: Any, prompts: Sequence[str], metrics: Mapping[str, Callab
         by_category = experts_by_category(attributes, experts, n_experts)
         if by_category is not None:
             result["generation"]["experts_by_category"] = by_category
+        complexity = complexity_by_expert(attributes, experts, getattr(pipeline, "manifest", None))
+        if complexity is not None:
+            # the paper's claim (harder prompts, bigger experts) measured on the eval prompts
+            result["generation"]["complexity"] = complexity
+            result["metrics"]["complexity_spearman"] = complexity["spearman"]
         result["experts"] = []
         for expert in range(n_experts):
             count = sum(1 for e in experts or [] if e == expert)

@@ -13,6 +13,7 @@ from typing import Any
 from prunekit.sweep.lookup import column_value, macs_ratio
 from prunekit.sweep.plots import write_plots
 from prunekit.sweep.schema import MACS_COLUMN, Sweep, _display_path
+from prunekit.sweep.summary import write_summary
 
 
 def result_rows(sweep: Sweep, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -64,6 +65,11 @@ def write_results(sweep: Sweep, records: Sequence[Mapping[str, Any]]) -> list[Pa
     lines.append("|" + "|".join("---" for _ in columns) + "|")
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
+    summary, summary_files = write_summary(sweep, rows)
+    if summary:
+        lines += ["", *summary, "", "![summary](plots/summary.png)" if any(p.suffix == ".png" for p in summary_files)
+                  else ""]
+    written += summary_files
     plots = write_plots(sweep, rows)
     if plots:
         lines += ["", *[f"![{p.stem}](plots/{p.name})" for p in plots]]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from prunekit.config import option
 from prunekit_plugins.domain.scenes import DEFAULT_MIX, Scene, layout, render, sample_spec
@@ -17,6 +18,10 @@ class EmbeddedDomainConfig:
     seed: int = option(0, ge=0, help="prompts and drawings are a function of the seed (and the index)")
     mix: dict[str, float] = option(dict(DEFAULT_MIX), help="category weights: object, pair, digit, number")
     size_word_prob: float = option(0.5, ge=0, le=1, help="chance that a shape's prompt names its size")
+    split: Literal["all", "train", "heldout"] = option(
+        "all", help="all prompts; train: none of the held-out prompts; heldout: only those (evaluation)")
+    holdout: float = option(0.2, gt=0, lt=1, help="share of the prompt space reserved for the heldout split "
+                                                  "(by a hash of the prompt text, the same for every seed)")
 
     def check(self) -> list[str]:
         problems = [f"mix.{k}: unknown category (categories: {', '.join(CATEGORIES)})" for k in self.mix
@@ -44,11 +49,20 @@ class EmbeddedDomain:
         self.config = config
         self.resolution = config.resolution
         rng = np.random.default_rng(config.seed)
-        self.specs = [sample_spec(rng, config.mix, config.size_word_prob) for _ in range(config.size)]
+        self.specs = [self._draw(rng) for _ in range(config.size)]
         self.prompts = [s.text for s in self.specs]
         self.attributes = [s.to_dict() for s in self.specs]
         self.complexity = [s.complexity for s in self.specs]
         self.categories = [s.category for s in self.specs]
+
+    def _draw(self, rng: Any) -> Any:
+        # Rejection keeps each category's share of the prompt mass; with split "all" it draws once, so
+        # the samples of the recipes that predate splits are unchanged.
+        while True:
+            spec = sample_spec(rng, self.config.mix, self.config.size_word_prob)
+            if self.config.split == "all" or is_heldout(spec.text, self.config.holdout) == (
+                    self.config.split == "heldout"):
+                return spec
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -82,3 +96,13 @@ class EmbeddedDomain:
 
 def build_embedded_domain(config: EmbeddedDomainConfig) -> EmbeddedDomain:
     return EmbeddedDomain(config)
+
+
+def is_heldout(prompt: str, holdout: float = 0.2) -> bool:
+    """Whether ``prompt`` belongs to the held-out part of the prompt space.
+
+    A function of the text alone (not of the seed or the index), so a training split and an evaluation
+    split drawn with any seeds share no prompt.
+    """
+    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < holdout

@@ -142,6 +142,8 @@ def test_resource_loss_drives_the_exported_mixture_to_the_target(tmp_path):
     assert ratios[0] > 0.95  # starts dense
     # charged on the hard masks, the budget holds for the architectures that are exported
     assert abs(metrics["routing"]["mean_macs_ratio"] - 0.6) < 0.02, metrics["routing"]
+    used = [r for r, c in zip(metrics["routing"]["macs_ratio"], metrics["routing"]["counts"]) if c]
+    assert metrics["routing"]["macs_ratio_spread"] == pytest.approx(max(used) - min(used))
 
 
 def test_sampled_budget_leaves_the_exported_masks_dense(tmp_path):

@@ -33,7 +33,7 @@ def plot_series(rows: Sequence[Mapping[str, Any]], x: str, y: str, *, axes: Sequ
 def write_plots(sweep: Sweep, rows: Sequence[Mapping[str, Any]]) -> list[Path]:
     from prunekit.plots import line_chart
 
-    x = sweep.plot.x
+    x = sweep.axis_names.get(sweep.plot.x, sweep.plot.x)
     average = [sweep.axis_names.get(a, a) for a in sweep.plot.average]
     targets = [MACS_COLUMN, *[c.name for c in sweep.metrics]]
     paths = []

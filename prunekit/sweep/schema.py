@@ -309,8 +309,9 @@ def load_sweep(path: str | Path, *, output: str | Path | None = None, overrides:
     for key in explicit:
         if key not in axis_keys and key not in names.values():
             problems.append(f"plot: {key!r} is not a grid axis (axes: {', '.join(axis_keys) or 'none'})")
-    if spec.plot.x != MACS_COLUMN and spec.plot.x not in [c.name for c in columns]:
-        problems.append(f"plot.x: {spec.plot.x!r} is not a column ({', '.join([MACS_COLUMN, *[c.name for c in columns]])})")
+    x_choices = [MACS_COLUMN, *[c.name for c in columns], *names.values()]
+    if spec.plot.x not in x_choices and spec.plot.x not in axis_keys:
+        problems.append(f"plot.x: {spec.plot.x!r} is neither a column nor a grid axis ({', '.join(x_choices)})")
 
     points: list[SweepPoint] = []
     for point, combo, recipe in expanded:

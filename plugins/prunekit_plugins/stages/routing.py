@@ -37,8 +37,11 @@ def route_to_codes(ctx: PruningContext, router: Any, gate: Any) -> dict[str, Any
     write_routing(ctx, experts.tolist(), masks.to(torch.int8).tolist())
     ctx.run.log.info("routing: counts %s, %s ratios %s, mean %.4f (target %.2f)", counts, ctx.budget.unit,
                      [round(r, 3) for r in ratios], mean_ratio, ctx.budget.target)
+    used = [r for r, c in zip(ratios, counts) if c]
+    # how far the experts' budgets separate (the paper's Fig. 8-9 spread), over experts that serve prompts
+    spread = max(used) - min(used) if used else 0.0
     return {"counts": counts, "macs": costs, "macs_ratio": ratios, "mean_macs_ratio": mean_ratio,
-            "dense_macs": dense, "target": ctx.budget.target}
+            "macs_ratio_spread": spread, "dense_macs": dense, "target": ctx.budget.target}
 
 
 def one_expert_routing(ctx: PruningContext, mask: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ attention) and the columns of to_out[0] (and to_add_out) go together; a Flux sin
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from ..unet.inventory import Layer
-from ..unet.prune import SliceMap, _channels, _meta_like_linear, _set_child, _shrink_ffn, hard_mask, round_keep
+from ..unet.prune import SliceMap, _channels, _set_child, _shrink_ffn, hard_mask, round_keep
 from ..unet.pruned_modules import AttentionBiasOnly
 from .inventory import TransformerDepth, TransformerInventory, build_inventory
 from .pruned_modules import JointAttentionBiasOnly, NoHeads, SkippedBlock
@@ -48,10 +49,17 @@ def _linear(root: nn.Module, path: str) -> nn.Linear:
     return module
 
 
+def _meta_linear(like: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    with warnings.catch_warnings():
+        # A fully pruned Flux MLP is a zero-row linear on purpose; its (meta) initialisation is moot.
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        return nn.Linear(in_features, out_features, bias=like.bias is not None, device="meta")
+
+
 def _rows(root: nn.Module, path: str, index: torch.Tensor, slices: SliceMap) -> None:
     """Keep the output rows ``index`` of the linear at ``path``."""
     lin = _linear(root, path)
-    _set_child(root, path, _meta_like_linear(lin, lin.in_features, index.numel()))
+    _set_child(root, path, _meta_linear(lin, lin.in_features, index.numel()))
     slices[f"{path}.weight"] = (f"{path}.weight", 0, index)
     if lin.bias is not None:
         slices[f"{path}.bias"] = (f"{path}.bias", 0, index)
@@ -60,7 +68,7 @@ def _rows(root: nn.Module, path: str, index: torch.Tensor, slices: SliceMap) -> 
 def _columns(root: nn.Module, path: str, index: torch.Tensor, slices: SliceMap) -> None:
     """Keep the input columns ``index`` of the linear at ``path`` (its bias is unchanged)."""
     lin = _linear(root, path)
-    _set_child(root, path, _meta_like_linear(lin, index.numel(), lin.out_features))
+    _set_child(root, path, _meta_linear(lin, index.numel(), lin.out_features))
     slices[f"{path}.weight"] = (f"{path}.weight", 1, index)
     if lin.bias is not None:
         slices[f"{path}.bias"] = (f"{path}.bias", None, None)

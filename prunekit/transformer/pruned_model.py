@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -70,7 +71,10 @@ def _materialize(model: nn.Module, device: torch.device) -> None:
                                                     requires_grad=old.requires_grad)
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
-            reset()
+            with warnings.catch_warnings():
+                # A fully pruned Flux MLP is a zero-row linear on purpose.
+                warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+                reset()
         else:
             for name in on_meta:
                 nn.init.zeros_(module._parameters[name])  # type: ignore[arg-type]
@@ -137,8 +141,9 @@ class PrunedTransformerMixin(ModelMixin, ConfigMixin):
 
     @property
     def dense_config(self) -> dict[str, Any]:
-        """The config of the model this one was pruned from (a stock config of ``dense_class``)."""
-        return {k: v for k, v in dict(self.config).items() if k != "pruning"}
+        """The config of the model this one was pruned from (a stock config of ``dense_class``; the
+        loader's private bookkeeping keys, such as the folder it was read from, left out)."""
+        return {k: v for k, v in dict(self.config).items() if k != "pruning" and not k.startswith("_")}
 
     @property
     def keep_mask(self) -> torch.Tensor:

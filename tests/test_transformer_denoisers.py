@@ -158,11 +158,20 @@ def test_dispatch_picks_the_implementation(prunable: PrunableTransformer, family
         assert isinstance(denoisers.physically_prune(prunable_unet, unet_mask), PrunedUNet2DConditionModel)
 
 
-def test_unknown_models_are_refused() -> None:
+def test_unprunable_models_are_refused() -> None:
     with pytest.raises(ValueError, match="not a supported transformer"):
         make_prunable(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="not a supported transformer"):
         denoisers.make_prunable(torch.nn.Linear(2, 2))
+    # A q norm over all heads at once would change when a head is removed.
+    model = build("sd3")
+    model.transformer_blocks[1].attn.norm_q = torch.nn.RMSNorm(32)
+    with pytest.raises(ValueError, match="across heads"):
+        make_prunable(model)
+    fused = build("sd3")
+    fused.fuse_qkv_projections()
+    with pytest.raises(ValueError, match="fused"):
+        make_prunable(fused)
 
 
 # --- published configs on the meta device --------------------------------------------------------

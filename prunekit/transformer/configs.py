@@ -55,7 +55,7 @@ class Published:
 
 
 PUBLISHED: tuple[Published, ...] = (
-    Published("PixArt-Σ 1024", "PixArtTransformer2DModel", pixart_sigma_config(), 128, 300,
+    Published("PixArt-Σ", "PixArtTransformer2DModel", pixart_sigma_config(), 128, 300,
               "T5, max_sequence_length=300"),
     Published("SD3.5-medium", "SD3Transformer2DModel", sd35_medium_config(), 128, 333,
               "77 CLIP + 256 T5 tokens"),

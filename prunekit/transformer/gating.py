@@ -48,7 +48,10 @@ class _BlockDepthHook:
             return _mix(u, output, x)
         text = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
         text_out, image_out = output
-        mixed_text = None if text_out is None else _mix(u, text_out, text)
+        if text_out is None:  # SD3's context_pre_only block: the text stream ends here
+            return None, _mix(u, image_out, x)
+        assert isinstance(text, torch.Tensor)  # a block that returns a text stream was given one
+        mixed_text = _mix(u, text_out, text)
         return mixed_text, _mix(u, image_out, x)
 
 

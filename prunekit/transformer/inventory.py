@@ -105,7 +105,9 @@ def attention_heads(path: str, attn: nn.Module) -> tuple[int, int]:
     assert isinstance(to_q, nn.Linear) and isinstance(to_k, nn.Linear)
     if getattr(attn, "fused_projections", False):
         raise ValueError(f"{path}: fused qkv projections are not supported; unfuse them first")
-    heads = int(getattr(attn, "heads"))
+    heads = attn.heads
+    if not isinstance(heads, int):
+        raise ValueError(f"{path}: {type(attn).__name__} has no integer head count")
     inner = to_q.out_features
     if inner % heads or to_k.out_features != inner:
         raise ValueError(f"{path}: grouped-query attention or uneven heads ({inner} / {heads}) are not supported")
@@ -184,7 +186,10 @@ def _sd3_blocks(model: nn.Module, ffn_groups: int) -> Iterator[tuple[str, list[_
 
 
 def _flux_blocks(model: nn.Module, ffn_groups: int) -> Iterator[tuple[str, list[_Width]]]:
-    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+    from diffusers.models.transformers.transformer_flux import (
+        FluxSingleTransformerBlock,
+        FluxTransformerBlock,
+    )
 
     for i, block in enumerate(_blocks(model, "transformer_blocks")):
         path = f"transformer_blocks.{i}"

@@ -45,7 +45,7 @@ def example_inputs(model: nn.Module, *, height: int, width: int, text_len: int =
 
     if family == "pixart":
         text_dim = config.caption_channels or config.cross_attention_dim
-        added = {"resolution": None, "aspect_ratio": None}
+        added: dict[str, torch.Tensor | None] = {"resolution": None, "aspect_ratio": None}
         if getattr(model, "use_additional_conditions", False):
             added = {"resolution": torch.full((batch, 2), 8.0 * height, device=device, dtype=dtype),
                      "aspect_ratio": torch.full((batch, 1), height / width, device=device, dtype=dtype)}

@@ -96,7 +96,8 @@ def _zero_head_stand_in(attn: nn.Module, path: str, slices: SliceMap) -> nn.Modu
 
 
 def _shrink_heads(model: nn.Module, layer: Layer, kept: torch.Tensor, slices: SliceMap) -> None:
-    attn = model.get_submodule(layer.path)
+    # Any: diffusers' Attention and FluxAttention share these attributes but no typed base.
+    attn: Any = model.get_submodule(layer.path)
     p = layer.path
     if kept.numel() == 0:
         _set_child(model, p, _zero_head_stand_in(attn, p, slices).to("meta"))
@@ -193,7 +194,8 @@ def physically_prune(model: nn.Module, mask: Any, *, round_to: int | None = None
         raise ValueError("the model is already pruned; prune its dense model with the combined mask instead")
     source = dense.state_dict()
     class_name = type(dense).__name__
-    reference = meta_skeleton(dense.config, class_name).state_dict()
+    config = cast(Mapping[str, Any], dense.config)  # a diffusers FrozenDict
+    reference = meta_skeleton(config, class_name).state_dict()
     mismatched = [k for k in source if k not in reference or reference[k].shape != source[k].shape]
     missing = [k for k in reference if k not in source]
     if mismatched or missing:
@@ -202,8 +204,8 @@ def physically_prune(model: nn.Module, mask: Any, *, round_to: int | None = None
     keep, _ = hard_mask(mask, inventory.num_units)
     if round_to is not None:
         keep = round_keep(inventory, mask, round_to, scores=scores)
-    slices = apply_structure(meta_skeleton(dense.config, class_name), inventory, keep)
-    pruned = pruned_skeleton(pruned_class(dense), dense.config, pruning_entry(inventory, keep, round_to=round_to))
+    slices = apply_structure(meta_skeleton(config, class_name), inventory, keep)
+    pruned = pruned_skeleton(pruned_class(dense), config, pruning_entry(inventory, keep, round_to=round_to))
     state: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for key in pruned.state_dict():

@@ -28,7 +28,6 @@ from diffusers.models.transformers.transformer_flux import FluxTransformer2DMode
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from torch import nn
 
-from ..unet.prune import hard_mask
 from ..unet.pruned_model import pruning_entry as _unet_pruning_entry
 from .inventory import TransformerInventory, build_inventory
 from .prune import apply_structure
@@ -84,6 +83,8 @@ class PrunedTransformerMixin(ModelMixin, ConfigMixin):
     """The pruned behaviour shared by the three ``Pruned*`` classes (listed first in their bases)."""
 
     dense_class: ClassVar[type[ModelMixin]]
+    # Both bases define it (ConfigMixin as None); ModelMixin's file name is what the stock classes use.
+    config_name = ModelMixin.config_name  # type: ignore[assignment]
 
     def __init__(self, *args: Any, pruning: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         name = type(self).__name__
@@ -204,7 +205,7 @@ for _cls in PRUNED_CLASSES.values():
 
 def pruned_class(dense: nn.Module) -> type[PrunedTransformerMixin]:
     """The pruned class for a stock dense transformer."""
-    for name, cls in PRUNED_CLASSES.items():
+    for cls in PRUNED_CLASSES.values():
         if isinstance(dense, cls.dense_class):
             return cls
     raise ValueError(f"no pruned class for {type(dense).__name__} (supported: {sorted(PRUNED_CLASSES)})")

@@ -228,3 +228,20 @@ def test_published_configs_on_meta(published) -> None:
         layer = next(layer for layer in prunable.inventory.width_layers if layer.path == key)
         assert float(mac.coef[layer.start]) == pytest.approx(expected, rel=1e-9), key
     assert math.isfinite(mac.dense) and mac.dense > 1e12
+
+
+def test_round_to_keeps_multiples_and_matches_gated(prunable: PrunableTransformer, family: str) -> None:
+    from prunekit.transformer import round_mask
+
+    mask = masks(prunable, family)["random_0.4"]
+    rounded = round_mask(prunable, mask, 16)
+    assert (rounded | ~mask).all()  # only adds units back
+    for layer in prunable.inventory.width_layers:
+        kept = int(rounded[layer.start:layer.stop].sum())
+        assert kept * layer.size % 16 == 0 or kept == layer.count
+    pruned = physically_prune(prunable, mask, round_to=16).eval()
+    kwargs = inputs(prunable.model)
+    with torch.no_grad():
+        gated = call(prunable, kwargs, rounded.float())
+    assert (_pruned_forward(pruned, kwargs) - gated).abs().max().item() <= 1e-4
+    assert pruned.pruning["round_to"] == 16

@@ -6,6 +6,9 @@ __version__ = "0.1.0"
 # this package); imported lazily so that `import prunekit` stays light.
 _LAZY = {
     "PrunedUNet2DConditionModel": "prunekit.unet.pruned_model",
+    "PrunedPixArtTransformer2DModel": "prunekit.transformer.pruned_model",
+    "PrunedSD3Transformer2DModel": "prunekit.transformer.pruned_model",
+    "PrunedFluxTransformer2DModel": "prunekit.transformer.pruned_model",
     "PromptRouter": "prunekit.mixture_models",
     "ExpertUNets": "prunekit.mixture_models",
     "PromptRoutedPipeline": "prunekit.pipeline",

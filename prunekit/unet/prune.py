@@ -76,9 +76,14 @@ def round_mask(model: nn.Module, mask: Any, round_to: int, *, scores: torch.Tens
     units are unchanged. Returns the adjusted bool mask; ``physically_prune(..., round_to=r)`` builds
     exactly the model that the gated model computes under this mask.
     """
+    _, inventory = _resolve(model, depth, ffn_groups)
+    return round_keep(inventory, mask, round_to, scores=scores)
+
+
+def round_keep(inventory: Inventory, mask: Any, round_to: int, *, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`round_mask` over an explicit inventory (shared with the transformer denoisers)."""
     if round_to < 1:
         raise ValueError(f"round_to must be >= 1, got {round_to}")
-    _, inventory = _resolve(model, depth, ffn_groups)
     keep, mask_scores = hard_mask(mask, inventory.num_units)
     score = mask_scores if scores is None else torch.as_tensor(scores, dtype=torch.float64).detach().cpu()
     keep = keep.clone()

@@ -1,0 +1,73 @@
+"""One entry point for every prunable denoiser: U-Nets (``prunekit.unet``) and transformers
+(``prunekit.transformer``), picked by the model's class.
+
+Both implementations give the same interface (num_units, units, layers, groups, depth_indices,
+width_indices, dense_gates, forward(sample, timestep, encoder_hidden_states, gates=...), mac_model,
+restore), so code written against ``make_prunable`` here does not care which denoiser it gates.
+``depth=None`` below means each implementation's default layout ("aptp" for U-Nets, "all" transformer
+blocks for transformers); pass ``depth="none"`` for no depth units.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .transformer.gating import PrunableTransformer
+from .unet.gating import PrunableUNet
+
+DenoiserKind = Literal["unet", "transformer"]
+Prunable = PrunableUNet | PrunableTransformer
+
+
+def denoiser_kind(model: nn.Module) -> DenoiserKind:
+    """"unet" or "transformer" for a stock, gated or pruned denoiser."""
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+
+    from .transformer.inventory import family_of
+
+    inner = model.model if isinstance(model, PrunableTransformer) else getattr(model, "unet", model)
+    if isinstance(inner, UNet2DConditionModel):
+        return "unet"
+    family_of(inner)  # raises with the supported classes if it is neither
+    return "transformer"
+
+
+def _depth(depth: Any) -> dict[str, Any]:
+    if depth is None:
+        return {}
+    return {"depth": None if depth == "none" else depth}
+
+
+def make_prunable(model: nn.Module, depth: Any = None, *, ffn_groups: int = 32) -> Prunable:
+    """Instrument a stock U-Net or PixArt / SD3 / Flux transformer for gating (hooks only, no copy)."""
+    from .transformer.gating import make_prunable as make_transformer
+    from .unet.gating import make_prunable as make_unet
+
+    if denoiser_kind(model) == "unet":
+        return make_unet(model, ffn_groups=ffn_groups, **_depth(depth))
+    return make_transformer(model, ffn_groups=ffn_groups, **_depth(depth))
+
+
+def physically_prune(model: nn.Module, mask: Any, *, round_to: int | None = None,
+                     scores: torch.Tensor | None = None, depth: Any = None, ffn_groups: int = 32) -> nn.Module:
+    """The physically pruned denoiser (``PrunedUNet2DConditionModel`` or ``Pruned<Family>``) under ``mask``."""
+    from .transformer.prune import physically_prune as prune_transformer
+    from .unet.prune import physically_prune as prune_unet
+
+    kwargs: dict[str, Any] = {"round_to": round_to, "scores": scores, "ffn_groups": ffn_groups, **_depth(depth)}
+    if denoiser_kind(model) == "unet":
+        return prune_unet(model, mask, **kwargs)
+    return prune_transformer(model, mask, **kwargs)
+
+
+def measure_macs(model: nn.Module, *, height: int, width: int, text_len: int = 77) -> int:
+    """MACs of one batch-1 forward of a stock or pruned denoiser, as built."""
+    from .transformer.macs import measure_macs as transformer_macs
+    from .unet.macs import measure_macs as unet_macs
+
+    if denoiser_kind(model) == "unet":
+        return unet_macs(model, height=height, width=width, text_len=text_len)
+    return transformer_macs(model, height=height, width=width, text_len=text_len)

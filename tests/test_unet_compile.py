@@ -141,3 +141,23 @@ def test_cuda_graphs_are_refused_with_cpu_offload(tiny):
     with pytest.raises(ValueError, match="CUDA graphs.*offload"):
         pipe.compile(mode="reduce-overhead")
     assert not any(is_compiled(e) for e in pipe.experts)
+
+
+def test_counting_macs_of_a_compiled_unet_leaves_it_compiling_new_shapes(tiny):
+    # Regression: tracing the compiled forward under FakeTensorMode + FlopCounterMode made later calls
+    # at new shapes run eagerly, never recompiling (the MAC count must use the eager forward).
+    from torch._dynamo.utils import counters
+
+    from prunekit.unet.compile import compile_unet
+    from prunekit.unet.macs import example_inputs, measure_macs
+
+    base, _ = tiny
+    macs_eager = measure_macs(base.unet, height=16, width=16)
+    unet = compile_unet(base.unet.eval(), backend="aot_eager")
+    with torch.no_grad():
+        unet(*_inputs(unet)[0], **_inputs(unet)[1])
+        assert measure_macs(unet, height=16, width=16) == macs_eager
+        graphs = counters["stats"]["unique_graphs"]
+        args, kwargs = example_inputs(unet, height=16, width=16, text_len=7, batch=1)
+        unet(*args, **kwargs)
+    assert counters["stats"]["unique_graphs"] == graphs + 1

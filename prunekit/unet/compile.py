@@ -28,6 +28,8 @@ gives the fastest kernels for a serving batch size.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
@@ -98,3 +100,19 @@ def uncompile(unet: nn.Module) -> nn.Module:
     # of nn.Module.compile (torch has no public call for it).
     unet._compiled_call_impl = None
     return unet
+
+
+@contextmanager
+def eager(unet: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, calls of ``unet`` run eagerly; its compiled forward is back afterwards.
+
+    For traces that run the model under a dispatch mode (MAC counting with FakeTensors and
+    FlopCounterMode): calling the compiled forward there left later calls at new shapes running
+    eagerly, without recompiling (measured with torch 2.13 on the CPU).
+    """
+    compiled = getattr(unet, "_compiled_call_impl", None)
+    unet._compiled_call_impl = None
+    try:
+        yield unet
+    finally:
+        unet._compiled_call_impl = compiled

@@ -77,7 +77,8 @@ def build_dense(device: str, dtype: Any, seed: int) -> Any:
 
     torch.manual_seed(seed)
     config = tiny_unet_config(block_out_channels=(32, 64), attention_head_dim=4, cross_attention_dim=64)
-    return build_tiny_pipeline(seed, unet_config=config).unet.to(device, dtype).eval()
+    unet = build_tiny_pipeline(seed, unet_config=config).unet.to(device).eval()
+    return unet if dtype == torch.float32 else unet.to(dtype)
 
 
 def caller(model: Any, args: tuple, kwargs: dict, *, eager: bool, cuda_graphs: bool) -> Callable[[], object]:
@@ -313,12 +314,20 @@ def sparse_section(args: argparse.Namespace, budget: Budget, summary: dict, save
                 print("  2:4 per-layer timing stopped: out of budget", flush=True)
                 break
             x = captured[paths[0]]
+            inner = args.layer_inner
+
+            def loop(layer: Any, x: Any = x, inner: int = inner) -> None:
+                # Several calls per timed sample: one Linear takes microseconds, about what a
+                # synchronise costs, so a single call would time mostly the timer.
+                for _ in range(inner):
+                    layer(x)
+
             d, s = dense_layers[paths[0]], sparse_layers[paths[0]]
-            dense_s, sparse_s, ratio = interleaved_ratio(lambda d=d, x=x: d(x), lambda s=s, x=x: s(x),
+            dense_s, sparse_s, ratio = interleaved_ratio(lambda d=d: loop(d), lambda s=s: loop(s),
                                                          repeats=args.layer_repeats, warmup=args.warmup, device=device)
             layer_rows.append({"weight": list(weight_shape), "input": list(input_shape), "layers": len(paths),
-                               "example": paths[0], "dense_us": dense_s * 1e6, "sparse_us": sparse_s * 1e6,
-                               "speedup": 1 / ratio})
+                               "example": paths[0], "dense_us": dense_s * 1e6 / inner,
+                               "sparse_us": sparse_s * 1e6 / inner, "speedup": 1 / ratio})
     save()
     print("\n| weight (out x in) | input | layers | dense us | 2:4 us | speed-up |")
     print("|---|---|---|---|---|---|")
@@ -380,6 +389,7 @@ def main() -> int:
     parser.add_argument("--round-to", type=int, default=8, help="experts' channels rounded up to a multiple")
     parser.add_argument("--repeats", type=int, default=None, help="timed pairs per row (default 20; cpu 3)")
     parser.add_argument("--layer-repeats", type=int, default=50, help="timed pairs per Linear shape (2:4)")
+    parser.add_argument("--layer-inner", type=int, default=20, help="calls per timed sample of one Linear (2:4)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--min-row-s", type=float, default=5.0, help="budget a row needs to be started")
     parser.add_argument("--sparse-setting", default=None, help="LATENTxBATCH of the 2:4 part (default: first setting)")
@@ -402,7 +412,7 @@ def main() -> int:
     args.repeats = args.repeats or (20 if cuda else 3)
     args.sparse_setting = args.sparse_setting or args.settings[0]
     if not cuda:
-        args.layer_repeats = min(args.layer_repeats, 5)
+        args.layer_repeats, args.layer_inner = min(args.layer_repeats, 5), min(args.layer_inner, 2)
     budget = Budget(args.budget_s)
     out = Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp()) / "gpu-serving"
     out.mkdir(parents=True, exist_ok=True)

@@ -144,6 +144,29 @@ class PromptRoutedPipeline(DiffusionPipeline):
         self._offload_device = device
         self.to("cpu")
 
+    def compile(self, mode: str = "max-autotune-no-cudagraphs", *, teacher: bool = True, dynamic: bool | None = False,
+                fullgraph: bool = False, backend: str = "inductor") -> PromptRoutedPipeline:
+        """Compile every expert U-Net with ``torch.compile`` (in place: see :func:`prunekit.unet.compile.compile_unet`)
+        and, with ``teacher`` (and a teacher loaded), the dense teacher's U-Net the same way, so that a latency
+        comparison between them is fair. Returns the pipeline.
+
+        Each U-Net compiles at its first call, and again for each new batch size or resolution
+        (``dynamic=False``). ``mode="reduce-overhead"`` records **CUDA graphs**: they need static shapes (one
+        batch size and one resolution per recorded graph) and weights that stay on the device, so it is
+        refused after :meth:`enable_model_cpu_offload`, which moves each expert on and off the GPU every call.
+        """
+        from prunekit.unet.compile import CUDA_GRAPH_MODES, compile_unet
+
+        if mode in CUDA_GRAPH_MODES and self._offload_device is not None:
+            raise ValueError(f"mode {mode!r} records CUDA graphs, which need the weights to stay on the GPU; "
+                             "model CPU offload moves the experts every call: use mode='max-autotune-no-cudagraphs'")
+        unets = list(self.experts)
+        if teacher and self.teacher is not None and getattr(self.teacher, "unet", None) is not None:
+            unets.append(self.teacher.unet)
+        for unet in unets:
+            compile_unet(unet, mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend)
+        return self
+
     def route(self, prompts: Sequence[str]) -> list[int]:
         return self.router.route(list(prompts))
 

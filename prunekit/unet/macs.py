@@ -88,9 +88,12 @@ def example_inputs(unet: nn.Module, *, height: int, width: int, text_len: int = 
 def _trace(unet: nn.Module, *, height: int, width: int, text_len: int,
            added_cond_kwargs: dict[str, torch.Tensor] | None) -> tuple[int, dict[str, int], dict[str, int]]:
     """FLOPs of one batch-1 forward: total, per module path ("" = root) and per aten op."""
+    from .compile import eager
+
     on_meta = any(p.is_meta for p in unet.parameters())
     counter = flop_counter_mode()
-    with torch.no_grad():
+    # A compiled U-Net is counted through its eager forward (see compile.eager for why).
+    with torch.no_grad(), eager(unet):
         if on_meta:
             args, kwargs = example_inputs(unet, height=height, width=width, text_len=text_len,
                                           added_cond_kwargs=added_cond_kwargs)

@@ -2,7 +2,8 @@
 latents are noised, and what the denoiser should predict.
 
 - DDPM-family schedulers (``alphas_cumprod``; SD 1.x / 2.x, SDXL, PixArt): integer timesteps drawn
-  uniformly, ``scheduler.add_noise``, target by ``prediction_type`` (epsilon, v-prediction, sample).
+  uniformly, DDPM's ``add_noise`` on the scheduler's ``alphas_cumprod`` (also for samplers such as
+  Euler whose own ``add_noise`` differs), target by ``prediction_type`` (epsilon, v-prediction, sample).
 - Flow matching (``FlowMatchEulerDiscreteScheduler``; SD3, Flux): sigma drawn uniformly and shifted
   as the scheduler shifts it (``shift``), ``x_t = (1 - s) x0 + s noise``, the model sees
   ``t = s * num_train_timesteps`` and predicts the velocity ``noise - x0``.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
 FLOW = "flow_matching"
 
@@ -46,7 +48,9 @@ def draw_timesteps(scheduler: Any, n: int) -> torch.Tensor:
 def add_noise(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """Noisy latents at ``timesteps`` (see the module docstring for each family)."""
     if not is_flow_matching(scheduler):
-        return scheduler.add_noise(latents, noise, timesteps)
+        # DDPM's forward process on the scheduler's alphas_cumprod, whatever sampler the pipeline
+        # ships: SDXL's Euler scheduler would add Karras-scaled noise (x0 + sigma * noise) instead.
+        return DDPMScheduler.add_noise(scheduler, latents, noise, timesteps)
     sigma = _sigma(scheduler, timesteps, latents)
     return (1 - sigma) * latents + sigma * noise
 
@@ -60,7 +64,7 @@ def target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
+        return DDPMScheduler.get_velocity(scheduler, latents, noise, timesteps)
     if kind == "sample":
         return latents
     raise ValueError(f"unsupported prediction type {kind!r}")

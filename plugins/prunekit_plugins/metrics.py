@@ -300,9 +300,11 @@ def _unets(pipeline: Any) -> tuple[Any, list[Any]]:
     """(teacher U-Net or the single model's, expert U-Nets) of what generated the batch."""
     from prunekit.evaluation import is_routed
 
+    from prunekit.conditioning import denoiser_of
+
     if is_routed(pipeline):
-        return pipeline.teacher.unet, list(pipeline.experts)
-    return pipeline.unet, []
+        return denoiser_of(pipeline.teacher), list(pipeline.experts)
+    return denoiser_of(pipeline), []
 
 
 class Macs:
@@ -315,7 +317,7 @@ class Macs:
         self.config = config
 
     def __call__(self, batch: Any) -> dict[str, float]:
-        from prunekit.unet import measure_macs
+        from prunekit.denoisers import measure_macs
 
         pipe = batch.extra["pipeline"]
         size = self.config.resolution or int(batch.extra["height"])

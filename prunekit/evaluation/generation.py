@@ -82,7 +82,9 @@ def same_dtype_pipe(pipeline: Any, **components: Any) -> Any:
     ``from_pipe`` casts every module to float32 unless told otherwise)."""
     from prunekit.models import dtype_keyword
 
-    return type(pipeline).from_pipe(pipeline, **components, **{dtype_keyword(): pipeline.unet.dtype})
+    from prunekit.conditioning import denoiser_of
+
+    return type(pipeline).from_pipe(pipeline, **components, **{dtype_keyword(): denoiser_of(pipeline).dtype})
 
 
 def expert_pipeline(routed: Any, index: int) -> Any:
@@ -93,8 +95,10 @@ def expert_pipeline(routed: Any, index: int) -> Any:
 
 
 def native_resolution(pipeline: Any) -> int:
-    unet = pipeline.experts[0] if is_routed(pipeline) else pipeline.unet
-    return int(unet.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 8))
+    from prunekit.conditioning import denoiser_of
+
+    model = pipeline.experts[0] if is_routed(pipeline) else denoiser_of(pipeline)
+    return int(model.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 8))
 
 
 def to_uint8(images: Any) -> Any:

@@ -322,7 +322,10 @@ class Macs:
         pipe = batch.extra["pipeline"]
         size = self.config.resolution or int(batch.extra["height"])
         latent = size // int(getattr(pipe, "vae_scale_factor", 8))
-        text_len = self.config.text_len or int(pipe.tokenizer.model_max_length)
+        # A mixture was budgeted at the text length it was trained on (SD3: CLIP + T5 tokens), which its
+        # manifest records; a single pipeline counts its first tokenizer's maximum.
+        text_len = self.config.text_len or int((getattr(pipe, "manifest", None) or {}).get("text_len")
+                                               or pipe.tokenizer.model_max_length)
         teacher, experts = _unets(pipe)
 
         def count(unet: Any) -> float:

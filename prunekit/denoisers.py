@@ -129,5 +129,5 @@ def load_expert(folder: str | os.PathLike, *, device: str | torch.device = "cpu"
     pruned = {cls.__name__: cls for cls in PRUNED_CLASSES.values()}
     if name not in pruned:
         return load_unet(folder, device=device, dtype=dtype)
-    model = pruned[name].from_pretrained(str(folder), torch_dtype=dtype)
+    model: nn.Module = pruned[name].from_pretrained(str(folder), torch_dtype=dtype)
     return model.to(device).eval()

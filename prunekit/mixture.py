@@ -94,9 +94,9 @@ def load_first_format(cls: Any, folder: Path, *, device: str = "cpu", dtype: Any
     (unless ``base`` is given), the router from its section and ``router.safetensors``."""
     from safetensors.torch import load_file
 
-    from prunekit.registry import get_registry
     from prunekit.conditioning import denoiser_of
     from prunekit.denoisers import load_expert
+    from prunekit.registry import get_registry
 
     manifest = read_manifest(folder)
     if manifest.get("format") != FIRST_FORMAT:

@@ -46,7 +46,7 @@ class DDPMLoss:
         inputs.need("pred", "noise", "latents", "timesteps", "scheduler", loss="ddpm")
         pred, noise, latents, timesteps = inputs.pred, inputs.noise, inputs.latents, inputs.timesteps
         assert pred is not None and noise is not None and latents is not None and timesteps is not None  # need() checked them
-        kind = self.config.prediction_type
+        kind: str = self.config.prediction_type
         if kind == "auto":  # flow-matching schedulers (SD3, Flux) answer "flow_matching"
             kind = prediction_type(inputs.scheduler)
         target = prediction_target(inputs.scheduler, latents, noise, timesteps, kind)

@@ -298,9 +298,8 @@ class MacsConfig:
 
 def _unets(pipeline: Any) -> tuple[Any, list[Any]]:
     """(teacher U-Net or the single model's, expert U-Nets) of what generated the batch."""
-    from prunekit.evaluation import is_routed
-
     from prunekit.conditioning import denoiser_of
+    from prunekit.evaluation import is_routed
 
     if is_routed(pipeline):
         return denoiser_of(pipeline.teacher), list(pipeline.experts)

@@ -91,18 +91,19 @@ def _transformer_map(mixture_dir: Path, manifest: dict[str, Any], height: int, w
     """:func:`retained_mac_map` for transformer experts (None when the experts are U-Nets)."""
     import json
 
-    import torch
-
-    from prunekit.transformer.pruned_model import PRUNED_CLASSES
+    from prunekit.transformer.prune import meta_skeleton
+    from prunekit.transformer.pruned_model import PRUNED_CLASSES, pruned_skeleton
 
     classes = {cls.__name__: cls for cls in PRUNED_CLASSES.values()}
     configs = [json.loads((mixture_dir / e["path"] / "config.json").read_text()) for e in manifest["experts"]]
     if configs[0].get("_class_name") not in classes:
         return None
     cls = classes[configs[0]["_class_name"]]
-    with torch.device("meta"):  # architectures only: no weights are read
-        models = [cls.from_config(cls.extract_init_dict(dict(c))[0]) for c in configs]
-        dense_model = cls.dense_class.from_config(models[0].dense_config)
+    models = []
+    for raw in configs:  # architectures only, on the meta device: no weights are read
+        config = cls.extract_init_dict(dict(raw))[0]  # undoes the stock-loader guard
+        models.append(pruned_skeleton(cls, config, config.pop("pruning")))
+    dense_model = meta_skeleton(models[0].dense_config, cls.dense_class.__name__)
     dense = transformer_block_macs(dense_model, height=height, width=width, text_len=text_len)
     blocks = [p for p, v in dense.items() if v > 0]
     experts = []

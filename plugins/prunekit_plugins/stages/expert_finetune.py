@@ -42,10 +42,10 @@ def finetune_expert(ctx: PruningContext, i: int, routing: dict[str, Any], cfg: F
     import torch
 
     from prunekit.capture import capture_block_outputs
+    from prunekit.denoisers import physically_prune, round_mask, save_expert
     from prunekit.engine import micro_batch_indices, train
     from prunekit.losses import TEACHER, LossInputs, losses_need
     from prunekit.mixture import expert_dir
-    from prunekit.denoisers import physically_prune, round_mask, save_expert
     from prunekit.objectives import add_noise
     from prunekit.shards import RowPrefetcher
 

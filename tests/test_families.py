@@ -212,3 +212,41 @@ def test_real_model_recipes_stop_at_once_offline(recipe, model, tmp_path):
     assert any(model in line and "model.path=" in line for line in lines)
     assert all(line.startswith("error: ") for line in lines) and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["pixart", "flux"])
+def test_pixart_and_flux_calls_follow_their_pipelines_conventions(family):
+    """PixArt: T5 mask and no size conditioning; Flux: 2x2-packed latent tokens, timesteps / 1000 and
+    the dev guidance 3.5. The call on the latent layout equals the stock model on the packed inputs."""
+    from diffusers import FluxPipeline
+    from transformer_helpers import TEXT_LEN, build, inputs
+
+    from prunekit.conditioning import Conditioning
+    from prunekit.denoisers import make_prunable
+
+    model = build(family)
+    kwargs = inputs(model)
+    conditioning = Conditioning(family)
+    if family == "pixart":
+        mask = torch.ones(2, TEXT_LEN, dtype=torch.long)
+        mask[1, 3:] = 0
+        cond = {"text": kwargs["encoder_hidden_states"], "text_mask": mask}
+        x, t = kwargs["hidden_states"], kwargs["timestep"]
+        expected = model(x, encoder_hidden_states=cond["text"], timestep=t, encoder_attention_mask=mask,
+                         added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+        unmasked = conditioning.call(model, x, t, {**cond, "text_mask": torch.ones_like(mask)})
+        assert not torch.allclose(unmasked[1], expected[1])  # the mask is passed on
+    else:
+        cond = {"text": kwargs["encoder_hidden_states"], "pooled": kwargs["pooled_projections"]}
+        x = FluxPipeline._unpack_latents(kwargs["hidden_states"], 8 * 8, 8 * 8, 8)  # (2, 4, 8, 8)
+        t = kwargs["timestep"] * 1000
+        stock = model(**{**kwargs, "guidance": torch.full((2,), 3.5)}).sample
+        expected = FluxPipeline._unpack_latents(stock, 8 * 8, 8 * 8, 8)
+    assert conditioning.columns[0] == "text"
+    plain = conditioning.call(model, x, t, cond)
+    torch.testing.assert_close(plain, expected)
+    prunable = make_prunable(model)
+    torch.testing.assert_close(conditioning.gated(prunable, x, t, cond), expected)
+    gates = prunable.dense_gates(2)
+    gates[:, 0] = 0
+    assert not torch.allclose(conditioning.gated(prunable, x, t, cond, gates), expected)

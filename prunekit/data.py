@@ -49,19 +49,27 @@ def encode_prompts(pipeline: Any, prompts: list[str], batch_size: int = 64) -> t
 
 
 def sd_batch_encoder(pipeline: Any, prompt_encoder: Any = None) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
-    """Encode dataset items as a Stable Diffusion pipeline conditions its U-Net: VAE posterior-mean
-    latents (scaled), text-encoder states, and, given a ``prompt_encoder``, router inputs ``z``."""
+    """Encode dataset items as the pipeline conditions its denoiser: VAE posterior-mean latents
+    (shifted and scaled as the pipeline decodes them), the family's conditioning columns (``text``,
+    and e.g. SDXL's ``pooled`` / ``time_ids``: :mod:`prunekit.conditioning`), and, given a
+    ``prompt_encoder``, router inputs ``z``."""
     import torch
 
+    from prunekit.conditioning import conditioning_for
+
     vae = pipeline.vae
+    conditioning = conditioning_for(pipeline)
     scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+    shift = float(vae.config.get("shift_factor") or 0.0)  # SD3 / Flux VAEs centre their latents
 
     @torch.no_grad()
     def encode(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [str(it["prompt"]) for it in items]
         images = torch.stack([it["image"] for it in items]).to(vae.device, vae.dtype)
-        out = {"latents": (vae.encode(images).latent_dist.mean * scale).float().cpu(),
-               "text": encode_prompts(pipeline, prompts)}
+        mean = vae.encode(images).latent_dist.mean
+        latents = (mean - shift) * scale if shift else mean * scale
+        sizes = [(int(it["image"].shape[-2]), int(it["image"].shape[-1])) for it in items]
+        out = {"latents": latents.float().cpu(), **conditioning.encode(pipeline, prompts, sizes)}
         if prompt_encoder is not None:
             out["z"] = prompt_encoder.encode(prompts).float().cpu()
         return out

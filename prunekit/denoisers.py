@@ -10,6 +10,9 @@ blocks for transformers); pass ``depth="none"`` for no depth units.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -71,3 +74,60 @@ def measure_macs(model: nn.Module, *, height: int, width: int, text_len: int = 7
     if denoiser_kind(model) == "unet":
         return unet_macs(model, height=height, width=width, text_len=text_len)
     return transformer_macs(model, height=height, width=width, text_len=text_len)
+
+
+def round_mask(model: nn.Module, mask: Any, round_to: int, *, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """``mask`` with each width layer's kept count rounded up to a multiple of ``round_to``."""
+    from .transformer.prune import round_mask as round_transformer
+    from .unet.prune import round_mask as round_unet
+
+    if denoiser_kind(model) == "unet":
+        return round_unet(model, mask, round_to, scores=scores)
+    return round_transformer(model, mask, round_to, scores=scores)
+
+
+def save_expert(model: nn.Module, mask: Any, folder: str | os.PathLike, *, base_config: Any | None = None,
+                depth: Any = "aptp", ffn_groups: int = 32, round_to: int | None = None,
+                metadata: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write a physically pruned denoiser as a diffusers model folder, never half-written.
+
+    U-Nets: :func:`prunekit.unet.save_expert` (the arguments are its own). Transformers are already
+    ``Pruned*`` models that carry their mask: ``metadata`` joins their ``pruning`` entry and
+    ``save_pretrained`` writes to a temporary folder whose files are then renamed into ``folder``.
+    """
+    from .transformer.pruned_model import PrunedTransformerMixin
+    from .unet.expert import save_expert as save_unet
+
+    if not isinstance(model, PrunedTransformerMixin):
+        return save_unet(model, mask, folder, base_config=base_config, depth=depth, ffn_groups=ffn_groups,
+                         round_to=round_to, metadata=metadata, overwrite=overwrite)
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder} exists and is not empty; pass overwrite=True to replace the expert in it")
+    pruning = model.pruning
+    pruning["metadata"] = {**(pruning.get("metadata") or {}), **(metadata or {})}
+    model.register_to_config(pruning=pruning)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".saving.") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for path in Path(tmp).iterdir():
+            os.replace(path, folder / path.name)
+    return folder
+
+
+def load_expert(folder: str | os.PathLike, *, device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = None) -> nn.Module:
+    """A saved expert, in eval mode: a ``PrunedUNet2DConditionModel`` or a ``Pruned*Transformer2DModel``
+    (by the class its ``config.json`` names)."""
+    import json
+
+    from .transformer.pruned_model import PRUNED_CLASSES
+    from .unet.expert import load_expert as load_unet
+
+    config = Path(folder) / "config.json"
+    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    pruned = {cls.__name__: cls for cls in PRUNED_CLASSES.values()}
+    if name not in pruned:
+        return load_unet(folder, device=device, dtype=dtype)
+    model: nn.Module = pruned[name].from_pretrained(str(folder), torch_dtype=dtype)
+    return model.to(device).eval()

@@ -86,17 +86,18 @@ def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def prediction_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
                       prediction_type: str = "auto") -> torch.Tensor:
-    kind = scheduler.config.prediction_type if prediction_type == "auto" else prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    if kind == "sample":
-        return latents
-    raise ValueError(f"unsupported prediction type {kind!r}")
+    """The denoiser's target (see :func:`prunekit.objectives.target`; flow matching: ``noise - x0``)."""
+    from prunekit.objectives import target
+
+    return target(scheduler, latents, noise, timesteps, prediction_type)
 
 
 def snr(scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor:
-    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at each timestep."""
+    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at each timestep (DDPM-family schedulers)."""
+    from prunekit.objectives import is_flow_matching
+
+    if is_flow_matching(scheduler):
+        raise ValueError("Min-SNR weighting (snr_gamma) is defined for DDPM-family schedulers, "
+                         "not flow matching; set snr_gamma: null")
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
     return alphas / (1 - alphas)

@@ -4,11 +4,13 @@ Layout::
 
     mixture/
       model_index.json      PromptRoutedPipeline and its components (diffusers' format)
-      vae/ text_encoder/ tokenizer/ scheduler/    the shared parts, written once
+      vae/ text_encoder/ tokenizer/ scheduler/    the shared parts, written once (SDXL / SD3 add
+                            text_encoder_2/ tokenizer_2/, SD3 with T5 text_encoder_3/ tokenizer_3/)
       router/               PromptRouter: router weights + the sections that rebuild it and the
                             prompt encoder's reference (recipe section + SHA-256 of its weights)
       experts/config.json   ExpertUNets: the expert subfolders, in routing order
-      experts/expert_00/    one PrunedUNet2DConditionModel folder per expert (loadable alone)
+      experts/expert_00/    one pruned denoiser folder per expert (PrunedUNet2DConditionModel or a
+                            Pruned*Transformer2DModel; loadable alone)
       manifest.json         what prunekit adds: MACs, budget, routing shares, latent size, text length
 
 ``PromptRoutedPipeline.from_pretrained(mixture)`` loads it. Folders of the first format
@@ -62,7 +64,7 @@ def write_mixture(folder: str | Path, *, base: Any, router: Any, prompt_encoder:
     folder: the shared parts of ``base`` (a diffusers pipeline), the router, ``experts/config.json``,
     ``model_index.json`` and the manifest. The experts' weights are not rewritten."""
     from prunekit.mixture_models import ExpertUNets, PromptRouter
-    from prunekit.pipeline import PromptRoutedPipeline
+    from prunekit.pipeline import EXTRA_TEXT_COMPONENTS, PromptRoutedPipeline, shared_parts
 
     folder = Path(folder)
     names = [Path(e["path"]).name for e in experts]
@@ -72,13 +74,10 @@ def write_mixture(folder: str | Path, *, base: Any, router: Any, prompt_encoder:
     container = ExpertUNets(folders=names, info=[{k: v for k, v in e.items() if k != "path"} for e in experts])
     routed = PromptRouter.wrap(router, prompt_encoder, router_section=router_section, router_dims=router_dims,
                                prompt_encoder_section=prompt_encoder_section)
-    parts = base.components
-    pipe = PromptRoutedPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
-                                scheduler=parts["scheduler"], router=routed, experts=container,
-                                safety_checker=parts.get("safety_checker"),
-                                feature_extractor=parts.get("feature_extractor"), base_pipeline=type(base).__name__,
-                                requires_safety_checker=bool(getattr(base.config, "requires_safety_checker", False)))
-    for name in ("vae", "text_encoder", "tokenizer", "scheduler", "safety_checker", "feature_extractor"):
+    parts = shared_parts(base)
+    pipe = PromptRoutedPipeline(**parts, router=routed, experts=container)
+    for name in ("vae", "text_encoder", "tokenizer", "scheduler", "safety_checker", "feature_extractor",
+                 *EXTRA_TEXT_COMPONENTS):
         part = parts.get(name)
         if part is not None:
             part.save_pretrained(folder / name)
@@ -95,8 +94,9 @@ def load_first_format(cls: Any, folder: Path, *, device: str = "cpu", dtype: Any
     (unless ``base`` is given), the router from its section and ``router.safetensors``."""
     from safetensors.torch import load_file
 
+    from prunekit.conditioning import denoiser_of
+    from prunekit.denoisers import load_expert
     from prunekit.registry import get_registry
-    from prunekit.unet import load_expert
 
     manifest = read_manifest(folder)
     if manifest.get("format") != FIRST_FORMAT:
@@ -109,7 +109,7 @@ def load_first_format(cls: Any, folder: Path, *, device: str = "cpu", dtype: Any
     router.load_state_dict(load_file(str(folder / FIRST_ROUTER_FILE)))
     router.eval()
     if dtype is None:  # experts compute in the base's dtype, whatever dtype they were saved in
-        dtype = base.unet.dtype
+        dtype = denoiser_of(base).dtype
     experts = [load_expert(folder / entry["path"], device=device, dtype=dtype) for entry in manifest["experts"]]
     base = base.to(device)
     if dtype is not None:

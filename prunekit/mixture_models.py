@@ -144,7 +144,7 @@ class ExpertUNets(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,  # type: ignore[override]
                         **kwargs: Any) -> None:  # diffusers' other arguments (shards, variants) do not apply
         """``config.json`` plus one diffusers folder per expert (``save_expert``: atomic, strict)."""
-        from prunekit.unet.expert import save_expert
+        from prunekit.denoisers import save_expert
 
         if not is_main_process:
             return
@@ -157,7 +157,7 @@ class ExpertUNets(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,  # type: ignore[override]
                         **kwargs: Any) -> ExpertUNets:  # a local folder of expert folders
-        from prunekit.unet.expert import load_expert
+        from prunekit.denoisers import load_expert
 
         folder = Path(pretrained_model_name_or_path)
         if kwargs.get("subfolder"):

@@ -1,9 +1,10 @@
 """``PromptRoutedPipeline``: what a user deploys after APTP, as a diffusers pipeline.
 
-Each prompt is routed (prompt encoder → router) to one expert U-Net; prompts are grouped by expert and
-every group runs batched through the base pipeline class (``StableDiffusionPipeline``) built on the
-shared VAE, text encoder, tokenizer and scheduler. Results come back in input order, with the expert
-that produced each image.
+Each prompt is routed (prompt encoder → router) to one expert denoiser; prompts are grouped by expert
+and every group runs batched through the base pipeline class (``base_pipeline``:
+``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline``) built on the
+shared VAE, text encoders, tokenizers and scheduler, the expert as its ``unet`` or ``transformer``.
+Results come back in input order, with the expert that produced each image.
 
 It is a ``DiffusionPipeline``: ``save_pretrained`` / ``from_pretrained`` (a self-contained folder:
 ``model_index.json``, shared components written once, ``router/``, ``experts/expert_NN/``),
@@ -35,7 +36,21 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from prunekit.conditioning import denoiser_of
 from prunekit.mixture_models import ExpertUNets, PromptRouter
+
+# Text encoders and tokenizers beyond SD's one: SDXL's second (CLIP-G), SD3's second and third (T5).
+EXTRA_TEXT_COMPONENTS = ("text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+
+
+def shared_parts(base: Any) -> dict[str, Any]:
+    """The constructor arguments of a :class:`PromptRoutedPipeline` that ``base`` (a diffusers
+    text-to-image pipeline) provides: every component but its denoiser, and its class name."""
+    components = base.components
+    parts = {name: components.get(name) for name in ("vae", "text_encoder", "tokenizer", "scheduler",
+                                                     "safety_checker", "feature_extractor", *EXTRA_TEXT_COMPONENTS)}
+    return {**parts, "base_pipeline": type(base).__name__,
+            "requires_safety_checker": bool(getattr(base.config, "requires_safety_checker", False))}
 
 
 @dataclass
@@ -50,11 +65,16 @@ class PromptRoutedPipelineOutput(BaseOutput):
 
 class PromptRoutedPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->experts->vae"  # type: ignore[assignment]  # diffusers declares None
-    _optional_components = ["safety_checker", "feature_extractor"]
+    # The second and third text encoders are SDXL's / SD3's; SD 1.x / 2.x mixtures leave them None.
+    _optional_components = ["safety_checker", "feature_extractor", *EXTRA_TEXT_COMPONENTS]
     # set by register_modules
     vae: Any
     text_encoder: Any
     tokenizer: Any
+    text_encoder_2: Any
+    tokenizer_2: Any
+    text_encoder_3: Any
+    tokenizer_3: Any
     scheduler: Any
     router: PromptRouter
     experts: ExpertUNets
@@ -63,11 +83,14 @@ class PromptRoutedPipeline(DiffusionPipeline):
 
     def __init__(self, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, router: PromptRouter,
                  experts: ExpertUNets, safety_checker: Any = None, feature_extractor: Any = None,
-                 base_pipeline: str = "StableDiffusionPipeline", requires_safety_checker: bool = False) -> None:
+                 base_pipeline: str = "StableDiffusionPipeline", requires_safety_checker: bool = False,
+                 text_encoder_2: Any = None, tokenizer_2: Any = None, text_encoder_3: Any = None,
+                 tokenizer_3: Any = None) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                               router=router, experts=experts, safety_checker=safety_checker,
-                              feature_extractor=feature_extractor)
+                              feature_extractor=feature_extractor, text_encoder_2=text_encoder_2,
+                              tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
         self.register_to_config(base_pipeline=base_pipeline, requires_safety_checker=requires_safety_checker)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         self._offload_device: torch.device | None = None
@@ -79,18 +102,11 @@ class PromptRoutedPipeline(DiffusionPipeline):
     @classmethod
     def from_parts(cls, base: Any, prompt_encoder: Any, router: Any, experts: Sequence[torch.nn.Module],
                    manifest: dict[str, Any] | None = None, **sections: Any) -> PromptRoutedPipeline:
-        """A mixture around objects in memory: ``base`` a diffusers text-to-image pipeline (its U-Net is
-        not used), ``router`` a module with ``route(z)``, ``experts`` U-Nets. ``sections``
+        """A mixture around objects in memory: ``base`` a diffusers text-to-image pipeline (its denoiser
+        is not used), ``router`` a module with ``route(z)``, ``experts`` pruned denoisers. ``sections``
         (``router_section``, ``router_dims``, ``prompt_encoder_section``) make it saveable."""
-        components = {k: v for k, v in base.components.items() if k != "unet"}
-        pipe = cls(vae=components["vae"], text_encoder=components["text_encoder"],
-                   tokenizer=components["tokenizer"], scheduler=components["scheduler"],
-                   router=PromptRouter.wrap(router, prompt_encoder, **sections),
-                   experts=ExpertUNets.wrap(list(experts), (manifest or {}).get("experts")),
-                   safety_checker=components.get("safety_checker"),
-                   feature_extractor=components.get("feature_extractor"),
-                   base_pipeline=type(base).__name__,
-                   requires_safety_checker=bool(getattr(base.config, "requires_safety_checker", False)))
+        pipe = cls(**shared_parts(base), router=PromptRouter.wrap(router, prompt_encoder, **sections),
+                   experts=ExpertUNets.wrap(list(experts), (manifest or {}).get("experts")))
         pipe.manifest = dict(manifest or {})
         pipe.teacher = base
         return pipe
@@ -112,12 +128,13 @@ class PromptRoutedPipeline(DiffusionPipeline):
             kwargs.pop("registry", None)
             base = kwargs.pop("base", None)
             if base is not None:  # reuse an already loaded model's shared parts
-                for name in ("vae", "text_encoder", "tokenizer"):
-                    kwargs.setdefault(name, getattr(base, name))
+                for name in ("vae", "text_encoder", "tokenizer", *EXTRA_TEXT_COMPONENTS):
+                    if getattr(base, name, None) is not None:
+                        kwargs.setdefault(name, getattr(base, name))
             pipe = super().from_pretrained(folder, *args, **kwargs)
             pipe.manifest = read_manifest(folder) if (folder / "manifest.json").is_file() else {}
             if dtype is None and base is not None:
-                dtype = base.unet.dtype
+                dtype = denoiser_of(base).dtype
             if device is not None or dtype is not None:
                 pipe.to(device=device, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
@@ -177,9 +194,12 @@ class PromptRoutedPipeline(DiffusionPipeline):
         pipeline_class = getattr(diffusers, self.config["base_pipeline"])
         accepted = inspect.signature(pipeline_class.__init__).parameters
         parts = {"vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
-                 "scheduler": self.scheduler, "unet": self.experts[index], "safety_checker": self.safety_checker,
-                 "feature_extractor": self.feature_extractor,
-                 "requires_safety_checker": self.config["requires_safety_checker"]}
+                 "scheduler": self.scheduler, "unet": self.experts[index], "transformer": self.experts[index],
+                 "safety_checker": self.safety_checker, "feature_extractor": self.feature_extractor,
+                 "requires_safety_checker": self.config["requires_safety_checker"],
+                 **{name: getattr(self, name, None) for name in EXTRA_TEXT_COMPONENTS}}
+        if "add_watermarker" in accepted:  # SDXL: the mixture's images are compared with the teacher's
+            parts["add_watermarker"] = False
         pipe = pipeline_class(**{k: v for k, v in parts.items() if k in accepted})
         pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
         return pipe
@@ -248,7 +268,8 @@ class PromptRoutedPipeline(DiffusionPipeline):
 
         offloading = self._offload_device is not None
         if offloading:
-            for module in (self.text_encoder, self.vae, self.router, self.safety_checker):
+            for module in (self.text_encoder, self.text_encoder_2, self.text_encoder_3, self.vae, self.router,
+                           self.safety_checker):
                 if isinstance(module, torch.nn.Module):
                     module.to(device)
         outputs: list[Any] = [None] * total

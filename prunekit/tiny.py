@@ -117,3 +117,78 @@ def save_tiny_pipeline(folder: str | Path, seed: int = 0, **kwargs: Any) -> Path
     folder = Path(folder)
     build_tiny_pipeline(seed, **kwargs).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def _tiny_clip(tokenizer: Any, hidden: int, *, projection: int | None = None) -> Any:
+    """A 2-layer CLIP text encoder; with ``projection``, the ``CLIPTextModelWithProjection`` whose pooled,
+    projected output SDXL and SD3 condition on."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                            num_hidden_layers=2, num_attention_heads=2,
+                            max_position_embeddings=tokenizer.model_max_length,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, projection_dim=projection or hidden)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def _tiny_vae(latent_channels: int, **extra: Any) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         latent_channels=latent_channels, norm_num_groups=8, sample_size=32, **extra)
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0) -> Any:
+    """A randomly initialised tiny ``StableDiffusionXLPipeline``: two CLIP text encoders (16 + 16 = 32
+    wide states, the second projected and pooled), a U-Net with SDXL's ``text_time`` added conditioning,
+    SDXL's Euler scheduler; 8x8 latents, 32x32 pixels."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers.models import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    time_dim = 8
+    unet = UNet2DConditionModel(**tiny_unet_config(cross_attention_dim=32), addition_embed_type="text_time",
+                                addition_time_embed_dim=time_dim,
+                                projection_class_embeddings_input_dim=6 * time_dim + 16)
+    tokenizer, tokenizer_2 = build_tiny_tokenizer(), build_tiny_tokenizer()
+    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                       beta_end=0.012, steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(vae=_tiny_vae(4), text_encoder=_tiny_clip(tokenizer, 16),
+                                     text_encoder_2=_tiny_clip(tokenizer_2, 16, projection=16), tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
+
+
+def build_tiny_sd3_pipeline(seed: int = 0) -> Any:
+    """A randomly initialised tiny ``StableDiffusion3Pipeline`` without T5 (``text_encoder_3=None``; the
+    pipeline then feeds zeros for T5's tokens): CLIP-L- and CLIP-G-shaped encoders (16 + 16 wide,
+    projected, pooled 32), an ``SD3Transformer2DModel`` of 2 joint blocks, a 16-channel VAE with SD3's
+    shift, flow-matching scheduler; 8x8 latents, 32x32 pixels."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from diffusers.models import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
+                                        caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=16)
+    tokenizer, tokenizer_2 = build_tiny_tokenizer(), build_tiny_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_tiny_vae(16, shift_factor=0.0609, scaling_factor=1.5305),
+        text_encoder=_tiny_clip(tokenizer, 16, projection=16), tokenizer=tokenizer,
+        text_encoder_2=_tiny_clip(tokenizer_2, 16, projection=16), tokenizer_2=tokenizer_2,
+        text_encoder_3=None, tokenizer_3=None)
+
+
+TINY_FAMILIES = {"sdxl": build_tiny_sdxl_pipeline, "sd3": build_tiny_sd3_pipeline}
+
+
+def save_tiny_family(family: str, folder: str | Path, seed: int = 0) -> Path:
+    """Build a tiny pipeline of ``family`` (``sdxl``, ``sd3``) and save it as a diffusers folder."""
+    folder = Path(folder)
+    TINY_FAMILIES[family](seed).save_pretrained(folder, safe_serialization=True)
+    return folder

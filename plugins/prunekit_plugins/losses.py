@@ -28,7 +28,8 @@ class DDPMLossConfig:
 
 
 class DDPMLoss:
-    """Denoising loss: MSE between the U-Net output and its target, optionally Min-SNR weighted."""
+    """Denoising loss: MSE between the denoiser output and its target (epsilon, v or, for flow-matching
+    schedulers, the velocity noise - x0), optionally Min-SNR weighted."""
 
     needs: ClassVar[frozenset[str]] = frozenset({"pred", "noise", "latents", "timesteps", "scheduler"})
 
@@ -40,13 +41,14 @@ class DDPMLoss:
         import torch
 
         from prunekit.losses import per_sample_mse, prediction_target, snr
+        from prunekit.objectives import prediction_type
 
         inputs.need("pred", "noise", "latents", "timesteps", "scheduler", loss="ddpm")
         pred, noise, latents, timesteps = inputs.pred, inputs.noise, inputs.latents, inputs.timesteps
         assert pred is not None and noise is not None and latents is not None and timesteps is not None  # need() checked them
-        kind = self.config.prediction_type
-        if kind == "auto":
-            kind = inputs.scheduler.config.prediction_type
+        kind: str = self.config.prediction_type
+        if kind == "auto":  # flow-matching schedulers (SD3, Flux) answer "flow_matching"
+            kind = prediction_type(inputs.scheduler)
         target = prediction_target(inputs.scheduler, latents, noise, timesteps, kind)
         per_sample = per_sample_mse(pred, target)
         if self.config.snr_gamma is not None:

@@ -298,11 +298,12 @@ class MacsConfig:
 
 def _unets(pipeline: Any) -> tuple[Any, list[Any]]:
     """(teacher U-Net or the single model's, expert U-Nets) of what generated the batch."""
+    from prunekit.conditioning import denoiser_of
     from prunekit.evaluation import is_routed
 
     if is_routed(pipeline):
-        return pipeline.teacher.unet, list(pipeline.experts)
-    return pipeline.unet, []
+        return denoiser_of(pipeline.teacher), list(pipeline.experts)
+    return denoiser_of(pipeline), []
 
 
 class Macs:
@@ -315,12 +316,15 @@ class Macs:
         self.config = config
 
     def __call__(self, batch: Any) -> dict[str, float]:
-        from prunekit.unet import measure_macs
+        from prunekit.denoisers import measure_macs
 
         pipe = batch.extra["pipeline"]
         size = self.config.resolution or int(batch.extra["height"])
         latent = size // int(getattr(pipe, "vae_scale_factor", 8))
-        text_len = self.config.text_len or int(pipe.tokenizer.model_max_length)
+        # A mixture was budgeted at the text length it was trained on (SD3: CLIP + T5 tokens), which its
+        # manifest records; a single pipeline counts its first tokenizer's maximum.
+        text_len = self.config.text_len or int((getattr(pipe, "manifest", None) or {}).get("text_len")
+                                               or pipe.tokenizer.model_max_length)
         teacher, experts = _unets(pipe)
 
         def count(unet: Any) -> float:

@@ -17,6 +17,9 @@ class DiffusersModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = option("auto", help="auto (this rank's GPU if there is one, else cpu), cpu, cuda (this rank's "
                                       "GPU under a launcher), cuda:N")
+    without: list[str] = option(
+        [], help="pipeline components loaded as None, e.g. SD3's T5 [text_encoder_3, tokenizer_3] (the pipeline "
+                 "then conditions on zeros in its place), or a folder saved without them")
 
     def preflight(self) -> list[str]:
         from prunekit.errors import MissingPathError
@@ -33,7 +36,8 @@ def build_diffusers(config: DiffusersModelConfig) -> object:
     """A diffusers pipeline via ``from_pretrained`` (local folder, or hub id from the local cache)."""
     from prunekit.models import load_pipeline
 
-    pipeline = load_pipeline(config.path, override="model.path", dtype=config.dtype)
+    pipeline = load_pipeline(config.path, override="model.path", dtype=config.dtype,
+                             **{name: None for name in config.without})
     pipeline.set_progress_bar_config(disable=True)
     from prunekit.placement import compute_device
 
@@ -70,6 +74,6 @@ def build_tiny(config: TinyModelConfig) -> object:
 @hookimpl
 def prunekit_register_components(register) -> None:
     register("model", "diffusers_sd", build_diffusers, schema=DiffusersModelConfig,
-             doc="Stable Diffusion-family pipeline from a diffusers folder or cached hub id")
+             doc="Diffusers text-to-image pipeline (SD 1.x/2.x, SDXL, SD3) from a folder or cached hub id")
     register("model", "tiny_random", build_tiny, schema=TinyModelConfig,
              doc="Tiny randomly initialised SD-shaped pipeline built in code (smoke tests)")

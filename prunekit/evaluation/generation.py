@@ -63,6 +63,13 @@ def with_scheduler(pipeline: Any, name: str) -> Any:
     """
     if name == "pipeline":
         return pipeline
+    from prunekit.objectives import is_flow_matching
+
+    if is_flow_matching(pipeline.scheduler):
+        # A DDPM-family sampler built from a flow-matching config runs, and draws noise.
+        raise ValueError(f"eval.scheduler={name} is a DDPM-family sampler; this pipeline "
+                         f"({type(pipeline).__name__ if not is_routed(pipeline) else pipeline.config['base_pipeline']}) "
+                         "is trained by flow matching: set eval.scheduler=pipeline")
     extra = {"skip_prk_steps": True} if name == "pndm" else {}
     scheduler = _scheduler_class(name).from_config(pipeline.scheduler.config, **extra)
     if is_routed(pipeline):
@@ -80,9 +87,10 @@ def with_scheduler(pipeline: Any, name: str) -> Any:
 def same_dtype_pipe(pipeline: Any, **components: Any) -> Any:
     """``from_pipe`` with some components replaced, keeping the pipeline's dtype (diffusers' own
     ``from_pipe`` casts every module to float32 unless told otherwise)."""
+    from prunekit.conditioning import denoiser_of
     from prunekit.models import dtype_keyword
 
-    return type(pipeline).from_pipe(pipeline, **components, **{dtype_keyword(): pipeline.unet.dtype})
+    return type(pipeline).from_pipe(pipeline, **components, **{dtype_keyword(): denoiser_of(pipeline).dtype})
 
 
 def expert_pipeline(routed: Any, index: int) -> Any:
@@ -93,8 +101,10 @@ def expert_pipeline(routed: Any, index: int) -> Any:
 
 
 def native_resolution(pipeline: Any) -> int:
-    unet = pipeline.experts[0] if is_routed(pipeline) else pipeline.unet
-    return int(unet.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 8))
+    from prunekit.conditioning import denoiser_of
+
+    model = pipeline.experts[0] if is_routed(pipeline) else denoiser_of(pipeline)
+    return int(model.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 8))
 
 
 def to_uint8(images: Any) -> Any:

@@ -22,7 +22,11 @@ def _block_key(path: str) -> tuple[int, int, int, int]:
 
 
 def block_label(path: str) -> str:
-    """``down_blocks.1.attentions.0`` → ``D1.A0``; ``mid_block.resnets.1`` → ``M.R1``."""
+    """``down_blocks.1.attentions.0`` → ``D1.A0``; ``mid_block.resnets.1`` → ``M.R1``;
+    ``transformer_blocks.3`` → ``T3``; ``single_transformer_blocks.0`` → ``S0`` (Flux)."""
+    t = _TRANSFORMER_BLOCK.match(path)
+    if t:
+        return f"{'S' if t.group(1).startswith('single') else 'T'}{t.group(2)}"
     m = _BLOCK.match(path)
     assert m is not None
     if m.group(1):
@@ -58,6 +62,59 @@ def block_macs(unet: Any, *, height: int, width: int, text_len: int) -> dict[str
     return {p: float(found.get(p, 0.0)) for p in sorted(paths, key=_block_key)}
 
 
+_TRANSFORMER_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)$")
+
+
+def transformer_block_macs(model: Any, *, height: int, width: int, text_len: int) -> dict[str, float]:
+    """MACs (batch 1) of every transformer block of a PixArt / SD3 / Flux model, in forward order, by
+    the same convention as :func:`block_macs`; a block pruned away (or gone) counts 0."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from prunekit.transformer import example_inputs
+    from prunekit.unet import flop_counter_mode
+
+    counter = flop_counter_mode()
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        kwargs = example_inputs(model, height=height, width=width, text_len=text_len)
+        with counter:
+            model(**kwargs)
+    root = type(model).__name__ + "."
+    found = {name[len(root):]: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()
+             if name.startswith(root)}
+    paths = [name for name, _ in model.named_modules() if _TRANSFORMER_BLOCK.match(name)]
+    return {p: float(found.get(p, 0.0)) for p in paths}
+
+
+def _transformer_map(mixture_dir: Path, manifest: dict[str, Any], height: int, width: int,
+                     text_len: int) -> dict[str, Any] | None:
+    """:func:`retained_mac_map` for transformer experts (None when the experts are U-Nets)."""
+    import json
+
+    from prunekit.transformer.prune import meta_skeleton
+    from prunekit.transformer.pruned_model import PRUNED_CLASSES, pruned_skeleton
+
+    classes = {cls.__name__: cls for cls in PRUNED_CLASSES.values()}
+    configs = [json.loads((mixture_dir / e["path"] / "config.json").read_text()) for e in manifest["experts"]]
+    if configs[0].get("_class_name") not in classes:
+        return None
+    cls = classes[configs[0]["_class_name"]]
+    models = []
+    for raw in configs:  # architectures only, on the meta device: no weights are read
+        config = cls.extract_init_dict(dict(raw))[0]  # undoes the stock-loader guard
+        models.append(pruned_skeleton(cls, config, config.pop("pruning")))
+    dense_model = meta_skeleton(models[0].dense_config, cls.dense_class.__name__)
+    dense = transformer_block_macs(dense_model, height=height, width=width, text_len=text_len)
+    blocks = [p for p, v in dense.items() if v > 0]
+    experts = []
+    for entry, model in zip(manifest["experts"], models):
+        pruned = transformer_block_macs(model, height=height, width=width, text_len=text_len)
+        experts.append({"expert": int(entry["id"]), "macs_ratio": float(entry["macs_ratio"]),
+                        "retained": [pruned.get(p, 0.0) / dense[p] for p in blocks]})
+    return {"blocks": blocks, "labels": [block_label(p) for p in blocks], "dense_macs": [dense[p] for p in blocks],
+            "latent_size": [height, width], "text_len": text_len, "experts": experts}
+
+
 def retained_mac_map(mixture_dir: str | Path) -> dict[str, Any]:
     """Fraction of each U-Net block's dense MACs that every expert of a mixture keeps.
 
@@ -73,6 +130,9 @@ def retained_mac_map(mixture_dir: str | Path) -> dict[str, Any]:
     manifest = read_manifest(mixture_dir)
     height, width = manifest["latent_size"]
     text_len = int(manifest["text_len"])
+    transformer = _transformer_map(mixture_dir, manifest, height, width, text_len)
+    if transformer is not None:
+        return transformer
     specs = [read_expert_spec(mixture_dir / entry["path"]) for entry in manifest["experts"]]
     config, first = specs[0]
     dense_model = build_expert_skeleton(config, replace(first, mask=(True,) * first.num_units))
@@ -90,7 +150,9 @@ def retained_mac_map(mixture_dir: str | Path) -> dict[str, Any]:
 def column_groups(blocks: Sequence[str]) -> list[tuple[str, int, int]]:
     groups: list[tuple[str, int, int]] = []
     for i, path in enumerate(blocks):
-        name = "encoder" if path.startswith("down") else "mid" if path.startswith("mid") else "decoder"
+        name = ("encoder" if path.startswith("down") else "mid" if path.startswith("mid") else
+                "single blocks" if path.startswith("single") else "blocks" if path.startswith("transformer")
+                else "decoder")
         if groups and groups[-1][0] == name:
             groups[-1] = (name, groups[-1][1], i)
         else:

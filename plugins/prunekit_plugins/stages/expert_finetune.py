@@ -42,13 +42,15 @@ def finetune_expert(ctx: PruningContext, i: int, routing: dict[str, Any], cfg: F
     import torch
 
     from prunekit.capture import capture_block_outputs
+    from prunekit.denoisers import physically_prune, round_mask, save_expert
     from prunekit.engine import micro_batch_indices, train
     from prunekit.losses import TEACHER, LossInputs, losses_need
     from prunekit.mixture import expert_dir
+    from prunekit.objectives import add_noise
     from prunekit.shards import RowPrefetcher
-    from prunekit.unet import physically_prune, round_mask, save_expert
 
-    run, seed, prunable, unet = ctx.run, ctx.seed, ctx.prunable, ctx.unet
+    run, seed, prunable, unet = ctx.run, ctx.seed, ctx.prunable, ctx.denoiser
+    conditioning = ctx.conditioning
     table = read_routing(ctx)
     mask = torch.tensor(table["masks"][i], dtype=torch.bool)
     if round_to:
@@ -67,22 +69,22 @@ def finetune_expert(ctx: PruningContext, i: int, routing: dict[str, Any], cfg: F
         expert.requires_grad_(True)
         expert.train()
 
-        reader = RowPrefetcher(ctx.encoded, ["latents", "text"], lambda index: [
+        reader = RowPrefetcher(ctx.encoded, ["latents", *conditioning.columns], lambda index: [
             members[k] for k in micro_batch_indices(len(members), engine_cfg.micro_batch, index, seed + i)])
 
         def batch_fn(index: int) -> dict[str, Any]:
             rows = reader.rows(index)
-            return diffusion_batch(rows["latents"], rows["text"], scheduler)
+            return diffusion_batch(rows["latents"], {name: rows[name] for name in conditioning.columns}, scheduler)
 
         def loss_fn(model: Any, batch: dict[str, Any], step: int) -> tuple[Any, dict[str, float]]:
             x0, cond, noise, t = batch["latents"], batch["cond"], batch["noise"], batch["timesteps"]
-            noisy = scheduler.add_noise(x0, noise, t)
+            noisy = add_noise(scheduler, x0, noise, t)
             teacher, teacher_blocks = None, []
             if want_teacher:
                 with torch.no_grad(), capture_block_outputs(unet, want_blocks) as teacher_blocks:
-                    teacher = unet(noisy, t, cond).sample
+                    teacher = conditioning.call(unet, noisy, t, cond)
             with capture_block_outputs(model, want_blocks) as blocks:
-                pred = model(noisy, t, cond).sample
+                pred = conditioning.call(model, noisy, t, cond)
             inputs = LossInputs(pred=pred, noise=noise, latents=x0, timesteps=t, scheduler=scheduler,
                                 teacher_pred=teacher, block_outputs=blocks, teacher_block_outputs=teacher_blocks)
             parts = {k: loss(inputs) for k, loss in losses.items()}

@@ -63,6 +63,7 @@ def train_router(ctx: PruningContext, phase: Phase, cfg: PruneStageConfig, *, ne
     from prunekit.capture import capture_block_outputs
     from prunekit.engine import micro_batch_indices, train
     from prunekit.losses import TEACHER, LossInputs, losses_need
+    from prunekit.objectives import add_noise
     from prunekit.shards import RowPrefetcher
 
     run, seed = ctx.run, ctx.seed
@@ -85,7 +86,8 @@ def train_router(ctx: PruningContext, phase: Phase, cfg: PruneStageConfig, *, ne
     # The router is tiny: it trains in fp32 whatever the precision, so its gate logits, the cost
     # model and the resource loss stay fp32; the frozen U-Net it gates runs in the engine's dtype.
     engine_cfg = replace(stage_engine_config(run, cfg), precision="fp32")
-    encoded, budget, prunable, unet = ctx.encoded, ctx.budget, ctx.prunable, ctx.unet
+    encoded, budget, prunable, unet = ctx.encoded, ctx.budget, ctx.prunable, ctx.denoiser
+    conditioning = ctx.conditioning
     scheduler = ctx.pipeline.scheduler
     n = len(encoded)
     needs = losses_need(losses)
@@ -93,12 +95,13 @@ def train_router(ctx: PruningContext, phase: Phase, cfg: PruneStageConfig, *, ne
     want_blocks = bool(needs & {"block_outputs", "teacher_block_outputs"})
     target = budget.target
 
-    reader = RowPrefetcher(encoded, ["z", "latents", "text"],
+    reader = RowPrefetcher(encoded, ["z", "latents", *conditioning.columns],
                            lambda index: micro_batch_indices(n, engine_cfg.micro_batch, index, seed))
 
     def batch_fn(index: int) -> dict[str, Any]:
         rows = reader.rows(index)
-        return {"z": rows["z"], **diffusion_batch(rows["latents"], rows["text"], scheduler)}
+        cond = {name: rows[name] for name in conditioning.columns}
+        return {"z": rows["z"], **diffusion_batch(rows["latents"], cond, scheduler)}
 
     def loss_fn(router: Any, batch: dict[str, Any], step: int) -> tuple[Any, dict[str, float]]:
         x0, cond, noise, t = batch["latents"], batch["cond"], batch["noise"], batch["timesteps"]
@@ -118,13 +121,13 @@ def train_router(ctx: PruningContext, phase: Phase, cfg: PruneStageConfig, *, ne
             deployed_ratio = budget.ratio(gate.deployed(codes))[nearest].mean()
             code_similarity = F.normalize(e, dim=-1) @ F.normalize(codes.detach(), dim=-1).T
         gates = gate(logits, training=True)
-        noisy = scheduler.add_noise(x0, noise, t)
+        noisy = add_noise(scheduler, x0, noise, t)
         teacher_pred, teacher_blocks = None, []
         if want_teacher:
             with torch.no_grad(), capture_block_outputs(unet, want_blocks) as teacher_blocks:
-                teacher_pred = prunable(noisy, t, cond).sample
+                teacher_pred = conditioning.gated(prunable, noisy, t, cond)
         with capture_block_outputs(unet, want_blocks) as blocks:
-            pred = prunable(noisy, t, cond, gates=gates).sample
+            pred = conditioning.gated(prunable, noisy, t, cond, gates)
         ratio = deployed_ratio if cfg.budget_on == "deployed" else budget.ratio(gates).mean()
         inputs = LossInputs(
             pred=pred, noise=noise, latents=x0, timesteps=t, scheduler=scheduler,

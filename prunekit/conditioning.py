@@ -1,0 +1,172 @@
+"""How each text-to-image family conditions its denoiser, for training on encoded data.
+
+A :class:`Conditioning` answers two questions for one pipeline family:
+
+- what the ``encode`` stage stores per sample besides the latents: always ``text`` (the denoiser's
+  ``encoder_hidden_states``, exactly as the pipeline computes them), plus ``pooled`` (SDXL's
+  ``text_embeds``, SD3 / Flux ``pooled_projections``), ``time_ids`` (SDXL's size / crop ids) or
+  ``text_mask`` (PixArt's T5 attention mask);
+- how a batch of those columns becomes the keyword arguments of the denoiser call, for a stock or
+  pruned model (:meth:`Conditioning.call`) and for a gated ``PrunableUNet`` / ``PrunableTransformer``
+  (:meth:`Conditioning.gated`).
+
+Prompts are encoded with the pipeline's own ``encode_prompt`` (SDXL, SD3, PixArt, Flux), so training
+sees what generation feeds the denoiser. SD 1.x / 2.x keep their single ``text`` column, computed as
+before, so their encoded folders are unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+Family = Literal["sd", "sdxl", "sd3", "pixart", "flux"]
+
+
+def denoiser_of(pipeline: Any) -> Any:
+    """The pipeline's denoiser: ``unet`` for U-Net pipelines, ``transformer`` otherwise."""
+    model = getattr(pipeline, "unet", None)
+    if model is None:
+        model = getattr(pipeline, "transformer", None)
+    if model is None:
+        raise ValueError(f"{type(pipeline).__name__} has neither a `unet` nor a `transformer`")
+    return model
+
+
+def family_of_pipeline(pipeline: Any) -> Family:
+    """The conditioning family of a diffusers text-to-image pipeline (by its denoiser and encoders)."""
+    from prunekit.denoisers import denoiser_kind
+
+    model = denoiser_of(pipeline)
+    if denoiser_kind(model) == "unet":
+        # SDXL's U-Net adds pooled text and size ids to its time embedding; SD 1.x / 2.x do not.
+        return "sdxl" if model.config.get("addition_embed_type") == "text_time" else "sd"
+    from prunekit.transformer.inventory import family_of
+
+    return family_of(model)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """The conditioning of one family; see the module docstring."""
+
+    family: Family
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The encoded columns the denoiser call reads, ``text`` first."""
+        return {"sd": ("text",), "sdxl": ("text", "pooled", "time_ids"), "sd3": ("text", "pooled"),
+                "pixart": ("text", "text_mask"), "flux": ("text", "pooled")}[self.family]
+
+    @property
+    def unet_naming(self) -> bool:
+        return self.family in ("sd", "sdxl")
+
+    # -- encoding ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, pipeline: Any, prompts: list[str], sizes: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """The columns of ``prompts`` (float32, on the CPU); ``sizes`` are the (height, width) in pixels
+        of each sample's image (SDXL's time ids)."""
+        if self.family == "sd":
+            from prunekit.data import encode_prompts
+
+            return {"text": encode_prompts(pipeline, prompts)}
+        device = pipeline.text_encoder.device if pipeline.text_encoder is not None else pipeline._execution_device
+        out: dict[str, torch.Tensor]
+        if self.family == "sdxl":
+            text, _, pooled, _ = pipeline.encode_prompt(prompts, device=device, do_classifier_free_guidance=False)
+            # SDXL's micro-conditioning: original size, crop top-left, target size. The dataset's
+            # images are resized without cropping, so the original is the target, as generation assumes.
+            ids = torch.tensor([[h, w, 0, 0, h, w] for h, w in sizes], dtype=torch.float32)
+            out = {"text": text, "pooled": pooled, "time_ids": ids}
+        elif self.family == "sd3":
+            text, _, pooled, _ = pipeline.encode_prompt(prompts, None, None, device=device,
+                                                        do_classifier_free_guidance=False)
+            out = {"text": text, "pooled": pooled}
+        elif self.family == "pixart":
+            text, mask, _, _ = pipeline.encode_prompt(prompts, do_classifier_free_guidance=False, device=device)
+            out = {"text": text, "text_mask": mask}
+        else:  # flux
+            text, pooled, _ = pipeline.encode_prompt(prompts, None, device=device)
+            out = {"text": text, "pooled": pooled}
+        return {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
+
+    # -- the denoiser call ------------------------------------------------------------------------
+    def extra_kwargs(self, cond: Mapping[str, torch.Tensor], *, dtype: torch.dtype | None = None) -> dict[str, Any]:
+        """Keyword arguments beyond ``encoder_hidden_states`` (on the text column's device)."""
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+        if self.family == "sdxl":
+            return {"added_cond_kwargs": {"text_embeds": cast(cond["pooled"]), "time_ids": cast(cond["time_ids"])}}
+        if self.family in ("sd3", "flux"):
+            return {"pooled_projections": cast(cond["pooled"])}
+        if self.family == "pixart":
+            # PixArt-Sigma has no size conditioning (use_additional_conditions is off): None as its pipeline passes.
+            return {"encoder_attention_mask": cond["text_mask"],
+                    "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+        return {}
+
+    def call(self, model: Any, sample: torch.Tensor, timesteps: torch.Tensor,
+             cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The prediction of a stock or pruned denoiser (or an engine wrapping one) on encoded ``cond``."""
+        if self.family == "flux":
+            return self._flux(model, sample, timesteps, cond, None)
+        # Inputs as they come (fp32), as SD runs always called their U-Nets: the engine's autocast
+        # decides the compute dtype of a trained model.
+        kwargs = self.extra_kwargs(cond)
+        text = cond["text"]
+        if self.unet_naming:
+            return model(sample, timesteps, encoder_hidden_states=text, **kwargs).sample
+        return model(hidden_states=sample, timestep=timesteps, encoder_hidden_states=text, **kwargs).sample
+
+    def gated(self, prunable: Any, sample: torch.Tensor, timesteps: torch.Tensor,
+              cond: Mapping[str, torch.Tensor], gates: torch.Tensor | None = None) -> torch.Tensor:
+        """The prediction of a ``PrunableUNet`` / ``PrunableTransformer`` under ``gates`` (None: dense)."""
+        if self.family == "flux":
+            return self._flux(prunable, sample, timesteps, cond, gates)
+        kwargs = self.extra_kwargs(cond, dtype=prunable.dtype)
+        return prunable(sample, timesteps, cond["text"], gates=gates, **kwargs).sample
+
+    def _flux(self, model: Any, sample: torch.Tensor, timesteps: torch.Tensor, cond: Mapping[str, torch.Tensor],
+              gates: torch.Tensor | None) -> torch.Tensor:
+        """Flux takes 2x2-packed latent tokens, position ids, timesteps in [0, 1] and (dev) a guidance
+        scale; the prediction is unpacked back to the latent layout the losses compare."""
+        from diffusers import FluxPipeline
+
+        b, c, h, w = sample.shape
+        inner = getattr(model, "model", model)
+        dtype = _dtype_of(model) or sample.dtype
+        packed = FluxPipeline._pack_latents(sample, b, c, h, w).to(dtype)
+        image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, sample.device, dtype)
+        text = cond["text"].to(dtype)
+        text_ids = torch.zeros(text.shape[1], 3, device=sample.device, dtype=dtype)
+        kwargs: dict[str, Any] = {"pooled_projections": cond["pooled"].to(dtype), "img_ids": image_ids,
+                                  "txt_ids": text_ids}
+        config = getattr(inner, "config", None)
+        if config is not None and config.get("guidance_embeds"):
+            # Flux-dev distils classifier-free guidance into an embedding; 3.5 is its pipeline default.
+            kwargs["guidance"] = torch.full((b,), 3.5, device=sample.device, dtype=torch.float32)
+        t = timesteps.to(dtype) / 1000
+        if gates is not None or hasattr(model, "inventory"):
+            out = model(packed, t, text, gates=gates, **kwargs).sample
+        else:
+            out = model(hidden_states=packed, timestep=t, encoder_hidden_states=text, **kwargs).sample
+        # (b, h*w/4, c*4) back to (b, c, h, w): FluxPipeline._unpack_latents works in pixels.
+        return FluxPipeline._unpack_latents(out, h * 8, w * 8, 8)
+
+
+def _dtype_of(model: Any) -> torch.dtype | None:
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return None if param is None else param.dtype
+
+
+def conditioning_for(pipeline: Any) -> Conditioning:
+    """The :class:`Conditioning` of a diffusers text-to-image pipeline."""
+    return Conditioning(family_of_pipeline(pipeline))

@@ -82,7 +82,7 @@ class APTP:
             ctx, load_router(ctx, "joint", new_router()), routing, experts, deployed=deployed))
         return deploy_mixture(run, {
             "prune": {"warmup": warm, "joint": joint},
-            "routing": {k: routing[k] for k in ("counts", "macs_ratio", "mean_macs_ratio", "target")},
+            "routing": {k: routing[k] for k in ("counts", "macs_ratio", "mean_macs_ratio", "macs_ratio_spread", "target") if k in routing},
             "experts": [{**e, "share": c / max(1, sum(routing["counts"]))}
                         for e, c in zip(experts, routing["counts"])],
             "mixture": export,

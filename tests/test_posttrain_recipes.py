@@ -166,13 +166,19 @@ def test_embedded_sweeps_have_a_dense_reference_and_every_method(registry, compo
     for point in sweep.points:
         by_label.setdefault(point.label.split("@")[0], []).append(point.recipe.data)
     assert set(by_label) == {"magnitude", "wanda", "sparsegpt", "owl", "dense"}
-    assert [(d["method"]["unet"]["sparsity"], d["method"]["text_encoder"]["sparsity"]) for d in by_label["dense"]] == [(0, 0)]
+    # one dense reference per seed
+    assert [(d["method"]["unet"]["sparsity"], d["method"]["text_encoder"]["sparsity"], d["seed"], d["eval"]["seed"])
+            for d in by_label["dense"]] == [(0, 0, s, s) for s in range(3)]
     other = "unet" if component == "text_encoder" else "text_encoder"
     for label in ("magnitude", "wanda", "sparsegpt", "owl"):
-        assert len(by_label[label]) == 3
+        assert len(by_label[label]) == 7 * 3  # 7 sparsities, 3 seeds
         for data in by_label[label]:
             assert data["method"][other]["sparsity"] == 0.0 and data["method"][component]["sparsity"] > 0
             assert data["metrics"] and data["eval"]["teacher"] is False
+            assert data["eval"]["seed"] == data["seed"]
+            if "calibration" in data["method"]:  # the seed also draws the calibration prompts
+                assert data["method"]["calibration"]["seed"] == data["seed"]
+        assert {d["seed"] for d in by_label[label]} == {0, 1, 2}
 
 
 def test_pruned_pipeline_is_evaluated_against_the_unpruned_teacher(registry, tmp_path):

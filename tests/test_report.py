@@ -146,18 +146,26 @@ def test_samples_show_teacher_and_expert_from_the_same_prompt_and_seed(run_dir):
     assert any(np.abs(t - e).max() > 0 for t, e in pixels)
 
 
-def test_eval_complexity_spearman_is_recomputed_from_the_routes(run_dir):
+def _eval_rows_and_routes(run_dir):
+    """The eval rows drawn (the embedded dataset of the fixture, in draw order) and the expert each
+    image went to, as the generation batches recorded them: what the run's tables are checked against."""
     from prunekit_plugins.domain.dataset import EmbeddedDomain, EmbeddedDomainConfig
 
     from prunekit.evaluation import select_indices
+
+    dataset = EmbeddedDomain(EmbeddedDomainConfig(size=64, resolution=32, seed=3))
+    rows = select_indices(len(dataset), EVAL_PROMPTS, 0)
+    batches = sorted((run_dir / "artifacts" / "eval_images" / "mixture" / "batches").glob("*.json"))
+    return dataset, rows, [e for b in batches for e in json.loads(b.read_text())["experts"]]
+
+
+def test_eval_complexity_spearman_is_recomputed_from_the_routes(run_dir):
     from prunekit.metrics import spearman
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     recorded = metrics["mixture"]["generation"]["complexity"]
-    dataset = EmbeddedDomain(EmbeddedDomainConfig(size=64, resolution=32, seed=3))
-    complexity = [dataset.complexity[i] for i in select_indices(len(dataset), EVAL_PROMPTS, 0)]
-    batches = sorted((run_dir / "artifacts" / "eval_images" / "mixture" / "batches").glob("*.json"))
-    experts = [e for b in batches for e in json.loads(b.read_text())["experts"]]
+    dataset, rows, experts = _eval_rows_and_routes(run_dir)
+    complexity = [dataset.complexity[i] for i in rows]
     manifest = json.loads((run_dir / "artifacts" / "mixture" / "manifest.json").read_text())
     ratio = {e["id"]: e["macs_ratio"] for e in manifest["experts"]}
     expected = spearman(complexity, [ratio[e] for e in experts])
@@ -167,17 +175,11 @@ def test_eval_complexity_spearman_is_recomputed_from_the_routes(run_dir):
 
 
 def test_routing_table_counts_the_eval_prompts_per_category_and_expert(run_dir):
-    from prunekit_plugins.domain.dataset import EmbeddedDomain, EmbeddedDomainConfig
-
-    from prunekit.evaluation import select_indices
-
     metrics = json.loads((run_dir / "metrics.json").read_text())
     table = metrics["mixture"]["generation"]["experts_by_category"]
     # recomputed from scratch: the categories of the eval rows drawn, the experts the batches recorded
-    dataset = EmbeddedDomain(EmbeddedDomainConfig(size=64, resolution=32, seed=3))
-    categories = [dataset.categories[i] for i in select_indices(len(dataset), EVAL_PROMPTS, 0)]
-    batches = sorted((run_dir / "artifacts" / "eval_images" / "mixture" / "batches").glob("*.json"))
-    experts = [e for b in batches for e in json.loads(b.read_text())["experts"]]
+    dataset, rows, experts = _eval_rows_and_routes(run_dir)
+    categories = [dataset.categories[i] for i in rows]
     expected = Counter(zip(categories, experts))
     assert {(c, e): n for c, row in table.items() for e, n in enumerate(row) if n} == dict(expected)
     assert [sum(row[e] for row in table.values()) for e in range(4)] == [x["eval_images"] for x in metrics["experts"]]

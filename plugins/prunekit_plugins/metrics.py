@@ -9,6 +9,7 @@ evaluation-batch conventions, and each is a few dozen lines.
 
 from __future__ import annotations
 
+import abc
 import statistics
 import time
 from dataclasses import dataclass
@@ -89,8 +90,9 @@ class KIDConfig:
         return [problem] if problem else []
 
 
-class _InceptionMetric:
-    """Shared by FID and KID: the Inception features come from local weights (or an injected module)."""
+class _InceptionMetric(abc.ABC):
+    """Shared by FID and KID: the Inception features come from local weights (or an injected module).
+    Each subclass names its torchmetrics metric and how its value becomes the result."""
 
     key = ""
 
@@ -107,15 +109,17 @@ class _InceptionMetric:
             self._feature = load_fid_inception(self.config.inception_weights, key=self.key)
         return self._feature
 
+    @abc.abstractmethod
     def _torchmetric(self) -> Any:
-        raise NotImplementedError
+        """A fresh torchmetrics metric fed with this metric's Inception features."""
 
     def accumulator(self) -> _TorchmetricsAccumulator:
         """Streaming state: Inception features of real and generated images, fed chunk by chunk."""
         return _TorchmetricsAccumulator(self._torchmetric(), self.config, self.key.split(".")[1], self._result)
 
+    @abc.abstractmethod
     def _result(self, value: Any) -> dict[str, float]:
-        raise NotImplementedError
+        """The computed torchmetrics metric as this plugin's result keys."""
 
     def __call__(self, batch: Any) -> dict[str, float]:
         acc = self.accumulator()

@@ -174,7 +174,7 @@ def test_embedded_sweeps_have_a_dense_reference_and_every_method(registry, compo
         assert len(by_label[label]) == 6 * 3  # 6 sparsities, 3 seeds
         for data in by_label[label]:
             assert data["method"][other]["sparsity"] == 0.0 and data["method"][component]["sparsity"] > 0
-            assert data["metrics"] and data["eval"]["teacher"] is False and data["eval"]["prompts"] == 64
+            assert data["metrics"] and data["eval"]["teacher"] is False and data["eval"]["prompts"] == 32
             assert data["eval"]["seed"] == data["seed"]
             if "calibration" in data["method"]:  # the seed also draws the calibration prompts
                 assert data["method"]["calibration"]["seed"] == data["seed"]

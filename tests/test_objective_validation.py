@@ -10,13 +10,22 @@ import json
 import shutil
 
 import pytest
-from helpers import SMOKE, run_cli
+from helpers import REPO, SMOKE, run_cli
 
 from prunekit.cli import main
 from prunekit.errors import RecipeError
 from prunekit.recipe import load_recipe
 
 DIFFUSERS = ["model.name=diffusers_sd"]
+
+
+def _real_model_recipes():
+    """Shipped recipes (those `prunekit validate --no-data` checks in CI) that load a diffusers model."""
+    paths = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "sweeps" not in p.parts)
+    return [p for p in paths if (load_recipe(p, model_files=False).data.get("model") or {}).get("name") == "diffusers_sd"]
+
+
+REAL_MODEL_RECIPES = _real_model_recipes()
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +143,21 @@ def test_run_refuses_before_building_anything(folders, tmp_path, capsys):
     assert code == 2
     assert "set eval.scheduler=pipeline" in one_error(capsys.readouterr().err.splitlines(), "eval.scheduler")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("path", REAL_MODEL_RECIPES, ids=[str(p.relative_to(REPO)) for p in REAL_MODEL_RECIPES])
+def test_shipped_real_model_recipes_are_checked_without_files(path):
+    """Every shipped recipe for a published model names a hub id whose objective is known with no file
+    at hand (CI's `validate --no-data`), and its sampler fits: the other family's is refused."""
+    from prunekit.model_objective import published_objective
+
+    recipe = load_recipe(path, model_files=False)
+    model = published_objective(recipe.data["model"]["path"])
+    assert model is not None, recipe.data["model"]["path"]
+    wrong = "pndm" if model.flow else "flow_match_euler"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, [f"eval.scheduler={wrong}"], model_files=False)
+    assert [p.split(": ")[1] for p in err.value.problems] == ["eval.scheduler"]
 
 
 # -- what is not known here is not checked -----------------------------------------------------------------

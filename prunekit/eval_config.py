@@ -12,7 +12,9 @@ from prunekit.config import option
 
 SECTION = "eval"
 
-Scheduler = Literal["pndm", "ddim", "dpm_solver", "euler", "ddpm", "pipeline"]
+# DDPM-family samplers (SD 1.x / 2.x, SDXL, PixArt), the flow-matching Euler sampler (SD3, Flux), or the
+# pipeline's own; prunekit.model_objective refuses one that does not fit the model.
+Scheduler = Literal["pndm", "ddim", "dpm_solver", "euler", "ddpm", "flow_match_euler", "pipeline"]
 
 
 @dataclass
@@ -22,7 +24,8 @@ class EvalConfig:
     prompts: int = option(1000, ge=0, help="evaluation prompts drawn from the eval dataset (0 = all of it)")
     steps: int = option(25, ge=1, help="sampler steps (paper: 25)")
     guidance_scale: float = option(7.5, ge=0, help="classifier-free guidance (paper: 7.5)")
-    scheduler: Scheduler = option("pndm", help="sampler (paper: pndm); 'pipeline' keeps the model's own")
+    scheduler: Scheduler = option("pndm", help="sampler (paper: pndm); 'pipeline' keeps the model's own; "
+                                                  "flow-matching models (SD3, Flux): pipeline or flow_match_euler")
     resolution: int | None = option(None, ge=8, help="generation size in pixels (default: the model's native size)")
     resize: int | None = option(None, ge=8, help="size metrics see (default: the eval dataset's images)")
     seed: int = option(0, ge=0, help="image i is generated from seed + i")

@@ -59,6 +59,9 @@ def target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps
            kind: str = "auto") -> torch.Tensor:
     """What the denoiser should predict; ``kind`` ``auto`` is the scheduler's :func:`prediction_type`."""
     kind = prediction_type(scheduler) if kind == "auto" else kind
+    if (kind == FLOW) != is_flow_matching(scheduler):  # prunekit validate refuses it first
+        raise ValueError(f"prediction type {kind!r} does not fit the scheduler {type(scheduler).__name__} "
+                         f"(its own: {prediction_type(scheduler)!r}); set the ddpm loss's prediction_type=auto")
     if kind == FLOW:
         return noise - latents
     if kind == "epsilon":

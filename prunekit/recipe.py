@@ -14,6 +14,7 @@ from typing import Any
 
 from prunekit.config import unknown_key_message, validate_options
 from prunekit.errors import RecipeError
+from prunekit.model_objective import objective_problems
 from prunekit.registry import Registry, get_registry, unknown_name_message
 
 # Sections that select exactly one component: ``router: {name: aptp, num_codes: 8}``.
@@ -307,10 +308,14 @@ def _validate_component(registry: Registry, kind: str, section: Any, key: str) -
 
 
 def load_recipe(
-    path: str | Path, overrides: Sequence[str] = (), *, registry: Registry | None = None
+    path: str | Path, overrides: Sequence[str] = (), *, registry: Registry | None = None, model_files: bool = True
 ) -> Recipe:
     """Load, extend, override, resolve and validate a recipe; raise :class:`RecipeError` listing
-    every problem (one per line) when it is not valid."""
+    every problem (one per line) when it is not valid.
+
+    The sampler and the denoising loss are checked against the model's prediction type
+    (:mod:`prunekit.model_objective`); ``model_files=False`` (a recipe for another machine) leaves out
+    what only a local model folder or the Hugging Face cache of this machine would tell."""
     path = Path(path)
     problems: list[str] = []
     node = _load_chain(path, problems)
@@ -322,6 +327,7 @@ def load_recipe(
         raise RecipeError(problems)
     registry = registry or get_registry()
     problems.extend(validate_data(data, registry))
+    problems.extend(objective_problems(data, registry, local_files=model_files))
     if not problems:
         for extra in registry.hook.prunekit_check_recipe(recipe=data):
             problems.extend(extra or [])

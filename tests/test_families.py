@@ -203,7 +203,10 @@ def test_sd3_mixture_loads_pruned_transformers_and_generates(sd3_run, tmp_path):
 
 
 @pytest.mark.parametrize("recipe, model", [("aptp_sdxl_base", "stabilityai/stable-diffusion-xl-base-1.0"),
-                                           ("aptp_sd35_medium", "stabilityai/stable-diffusion-3.5-medium")])
+                                           ("aptp_sd35_medium", "stabilityai/stable-diffusion-3.5-medium"),
+                                           ("aptp_pixart_sigma", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"),
+                                           ("aptp_flux_dev", "black-forest-labs/FLUX.1-dev"),
+                                           ("aptp_flux_schnell", "black-forest-labs/FLUX.1-schnell")])
 def test_real_model_recipes_stop_at_once_offline(recipe, model, tmp_path):
     out = tmp_path / recipe
     result = run_cli("run", f"recipes/{recipe}.yaml", "--output", str(out))

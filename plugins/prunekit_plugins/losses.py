@@ -16,15 +16,30 @@ if TYPE_CHECKING:
     import torch
 
     from prunekit.losses import LossInputs
+    from prunekit.model_objective import ModelObjective
 
 
 @dataclass
 class DDPMLossConfig:
     weight: float = option(1.0, ge=0)
-    prediction_type: Literal["auto", "epsilon", "v_prediction", "sample"] = option(
-        "auto", help="auto = the scheduler's prediction_type"
+    prediction_type: Literal["auto", "epsilon", "v_prediction", "sample", "flow_matching"] = option(
+        "auto", help="auto = the scheduler's prediction_type (flow_matching for SD3 / Flux); another value must "
+                     "be the model's own"
     )
-    snr_gamma: float | None = option(None, gt=0, help="Min-SNR-gamma weighting (Hang et al. 2023); null = off")
+    snr_gamma: float | None = option(None, gt=0, help="Min-SNR-gamma weighting (Hang et al. 2023; DDPM-family "
+                                                      "models only); null = off")
+
+    def check_objective(self, model: ModelObjective, where: str) -> list[str]:
+        """The options against the model's prediction type (:mod:`prunekit.model_objective`)."""
+        problems = []
+        if self.prediction_type not in ("auto", model.prediction):
+            problems.append(f"{where}.prediction_type: {self.prediction_type!r} does not match model {model.model}, "
+                            f"which {model.trained_by()}: set {where}.prediction_type=auto "
+                            f"(or {model.prediction})")
+        if self.snr_gamma is not None and model.flow:
+            problems.append(f"{where}.snr_gamma: Min-SNR weighting is defined for DDPM-family models; model "
+                            f"{model.model} {model.trained_by()}: set {where}.snr_gamma=null")
+        return problems
 
 
 class DDPMLoss:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prunekit.config import option
 from prunekit.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from prunekit.model_objective import ModelObjective
 
 
 @dataclass
@@ -30,6 +33,19 @@ class DiffusersModelConfig:
         except MissingPathError as exc:
             return [str(exc)]
         return []
+
+    def objective(self, *, local_files: bool = True) -> ModelObjective | None:
+        """The model's prediction type without loading it: an existing local folder's (or a cached hub
+        id's) config files when ``local_files``, else a published hub id's; None when unknown here."""
+        from pathlib import Path
+
+        from prunekit.model_objective import cached_objective, folder_objective, published_objective
+        from prunekit.models import looks_like_path
+
+        folder = Path(self.path).expanduser()
+        if folder.exists() or looks_like_path(self.path):  # a folder, as resolve_pretrained reads it
+            return folder_objective(folder, self.path) if local_files and folder.is_dir() else None
+        return published_objective(self.path) or (cached_objective(self.path) if local_files else None)
 
 
 def build_diffusers(config: DiffusersModelConfig) -> object:
@@ -56,6 +72,11 @@ class TinyModelConfig:
             return ["block_out_channels: need positive multiples of 8"]
         return []
 
+    def objective(self, *, local_files: bool = True) -> ModelObjective:
+        from prunekit.model_objective import ModelObjective
+
+        return ModelObjective("epsilon", "tiny_random (StableDiffusionPipeline, DDPMScheduler)")
+
 
 def build_tiny(config: TinyModelConfig) -> object:
     """A randomly initialised tiny SD-shaped pipeline (smoke runs; no weights needed)."""
@@ -74,6 +95,7 @@ def build_tiny(config: TinyModelConfig) -> object:
 @hookimpl
 def prunekit_register_components(register) -> None:
     register("model", "diffusers_sd", build_diffusers, schema=DiffusersModelConfig,
-             doc="Diffusers text-to-image pipeline (SD 1.x/2.x, SDXL, SD3) from a folder or cached hub id")
+             doc="Diffusers text-to-image pipeline (SD 1.x/2.x, SDXL, SD3, PixArt, Flux) from a folder or "
+                 "cached hub id")
     register("model", "tiny_random", build_tiny, schema=TinyModelConfig,
              doc="Tiny randomly initialised SD-shaped pipeline built in code (smoke tests)")

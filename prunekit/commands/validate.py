@@ -15,7 +15,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--print", action="store_true", dest="show", help="print the resolved recipe")
     parser.add_argument("--no-data", action="store_false", dest="check_data",
                         help="skip the data checks (dataset paths exist here, a sample reads, the budget's files "
-                             "such as a latency table exist): a recipe for another machine")
+                             "such as a latency table exist) and what a local model folder would say about the "
+                             "model's prediction type: a recipe for another machine")
     parser.set_defaults(func=main)
     return parser
 
@@ -23,7 +24,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from prunekit.recipe import load_recipe
 
-    loaded = load_recipe(args.recipe, args.overrides)
+    loaded = load_recipe(args.recipe, args.overrides, model_files=args.check_data)
     if args.show:
         print(loaded.to_yaml(), end="")
     if args.check_data:  # a dataset path that does not exist here, or data without one readable sample

@@ -45,6 +45,7 @@ def _scheduler_class(name: str) -> Any:
         "dpm_solver": diffusers.DPMSolverMultistepScheduler,
         "euler": diffusers.EulerDiscreteScheduler,
         "ddpm": diffusers.DDPMScheduler,
+        "flow_match_euler": diffusers.FlowMatchEulerDiscreteScheduler,
     }[name]
 
 
@@ -63,13 +64,17 @@ def with_scheduler(pipeline: Any, name: str) -> Any:
     """
     if name == "pipeline":
         return pipeline
+    from prunekit.model_objective import FLOW_SAMPLERS
     from prunekit.objectives import is_flow_matching
 
-    if is_flow_matching(pipeline.scheduler):
+    kind = type(pipeline).__name__ if not is_routed(pipeline) else pipeline.config["base_pipeline"]
+    if is_flow_matching(pipeline.scheduler) and name not in FLOW_SAMPLERS:
         # A DDPM-family sampler built from a flow-matching config runs, and draws noise.
-        raise ValueError(f"eval.scheduler={name} is a DDPM-family sampler; this pipeline "
-                         f"({type(pipeline).__name__ if not is_routed(pipeline) else pipeline.config['base_pipeline']}) "
-                         "is trained by flow matching: set eval.scheduler=pipeline")
+        raise ValueError(f"eval.scheduler={name} is a DDPM-family sampler; this pipeline ({kind}) "
+                         "is trained by flow matching: set eval.scheduler=pipeline or flow_match_euler")
+    if not is_flow_matching(pipeline.scheduler) and name in FLOW_SAMPLERS:
+        raise ValueError(f"eval.scheduler={name} is a flow-matching sampler; this pipeline ({kind}) is a "
+                         "DDPM-family model: set eval.scheduler=pipeline or pndm")
     extra = {"skip_prk_steps": True} if name == "pndm" else {}
     scheduler = _scheduler_class(name).from_config(pipeline.scheduler.config, **extra)
     if is_routed(pipeline):

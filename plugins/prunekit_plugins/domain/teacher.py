@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prunekit.config import option
+
+if TYPE_CHECKING:
+    from prunekit.model_objective import ModelObjective
 
 SHIPPED_TEACHER = Path(__file__).resolve().parent / "assets" / "teacher"
 
@@ -28,6 +31,14 @@ class EmbeddedConfig:
         if not (folder / "model_index.json").is_file():
             return [f"teacher folder {folder} has no model_index.json (set model.path=DIR)"]
         return []
+
+    def objective(self, *, local_files: bool = True) -> ModelObjective | None:
+        """From the teacher folder's config files (the shipped one is always here)."""
+        from prunekit.model_objective import folder_objective
+
+        if self.path is None:
+            return folder_objective(SHIPPED_TEACHER, "embedded")
+        return folder_objective(self.path) if local_files else None
 
 
 def build_embedded(config: EmbeddedConfig) -> Any:
@@ -68,6 +79,11 @@ class EmbeddedRandomConfig:
         elif self.resolution % 2 ** (len(self.vae_channels) - 1):
             problems.append("resolution: must be divisible by the VAE's downsampling")
         return problems
+
+    def objective(self, *, local_files: bool = True) -> ModelObjective:
+        from prunekit.model_objective import ModelObjective
+
+        return ModelObjective("epsilon", "embedded_random (StableDiffusionPipeline, PNDMScheduler)")
 
 
 def build_embedded_random(config: EmbeddedRandomConfig) -> Any:

@@ -216,14 +216,15 @@ def build_tiny_t5_tokenizer(max_length: int = 512) -> Any:
 
 
 def _tiny_t5(tokenizer: Any, d_model: int) -> Any:
-    """A 2-layer ``T5EncoderModel`` (relative position buckets: any text length)."""
+    """A 2-layer ``T5EncoderModel`` (relative position buckets: any text length), without dropout and in
+    eval mode, as ``from_pretrained`` hands it over: a pipeline built in code encodes deterministically."""
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
                       num_heads=d_model // 8, relative_attention_num_buckets=8, relative_attention_max_distance=32,
-                      feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id,
+                      feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id)
-    return T5EncoderModel(config)
+    return T5EncoderModel(config).eval()
 
 
 def build_tiny_pixart_pipeline(seed: int = 0) -> Any:

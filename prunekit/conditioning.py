@@ -24,6 +24,8 @@ from typing import Any, Literal
 import torch
 
 Family = Literal["sd", "sdxl", "sd3", "pixart", "flux"]
+# The transformer sample sizes PixArt's pipelines have aspect-ratio bins for (256, 512, 1024, 2048 px).
+PIXART_BINNED_SAMPLE_SIZES = (32, 64, 128, 256)
 
 
 def denoiser_of(pipeline: Any) -> Any:
@@ -37,16 +39,20 @@ def denoiser_of(pipeline: Any) -> Any:
 
 
 def family_of_pipeline(pipeline: Any) -> Family:
-    """The conditioning family of a diffusers text-to-image pipeline (by its denoiser and encoders)."""
+    """The conditioning family of a diffusers text-to-image pipeline (by its denoiser)."""
+    return family_of_denoiser(denoiser_of(pipeline))
+
+
+def family_of_denoiser(model: Any) -> Family:
+    """The conditioning family of a stock, gated or pruned denoiser (a mixture's expert included)."""
     from prunekit.denoisers import denoiser_kind
 
-    model = denoiser_of(pipeline)
     if denoiser_kind(model) == "unet":
         # SDXL's U-Net adds pooled text and size ids to its time embedding; SD 1.x / 2.x do not.
         return "sdxl" if model.config.get("addition_embed_type") == "text_time" else "sd"
     from prunekit.transformer.inventory import family_of
 
-    return family_of(model)
+    return family_of(getattr(model, "model", model))
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,37 @@ class Conditioning:
     @property
     def unet_naming(self) -> bool:
         return self.family in ("sd", "sdxl")
+
+    # -- generation -------------------------------------------------------------------------------
+    def call_defaults(self, denoiser: Any) -> dict[str, Any]:
+        """Pipeline-call keywords that generation sets unless the caller does, so that a pipeline
+        samples as it was trained. PixArt: captions as encoded (its ``__call__`` cleans them by default,
+        ``encode_prompt`` does not), and no resolution binning for a native size without aspect-ratio
+        bins (the pipeline refuses to bin those)."""
+        if self.family != "pixart":
+            return {}
+        defaults: dict[str, Any] = {"clean_caption": False}
+        if int(denoiser.config.sample_size) not in PIXART_BINNED_SAMPLE_SIZES:
+            defaults["use_resolution_binning"] = False
+        return defaults
+
+    def initial_noise(self, denoiser: Any, batch: int, height: int, width: int, vae_scale_factor: int, *,
+                      generator: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The initial noise of ``batch`` images of ``height`` x ``width`` pixels drawn from one
+        ``generator``, as the family's pipeline draws it, in the layout its ``latents=`` takes. Flux
+        draws a quarter of its ``in_channels`` on an even latent grid and packs 2x2 patches into tokens
+        (``FluxPipeline.prepare_latents``)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        channels = int(denoiser.config.in_channels)
+        h, w = int(height) // vae_scale_factor, int(width) // vae_scale_factor
+        if self.family != "flux":
+            return randn_tensor((batch, channels, h, w), generator=generator, device=device, dtype=dtype)
+        from diffusers import FluxPipeline
+
+        h, w = 2 * (h // 2), 2 * (w // 2)
+        noise = randn_tensor((batch, channels // 4, h, w), generator=generator, device=device, dtype=dtype)
+        return FluxPipeline._pack_latents(noise, batch, channels // 4, h, w)
 
     # -- encoding ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -121,7 +158,8 @@ class Conditioning:
         text = cond["text"]
         if self.unet_naming:
             return model(sample, timesteps, encoder_hidden_states=text, **kwargs).sample
-        return model(hidden_states=sample, timestep=timesteps, encoder_hidden_states=text, **kwargs).sample
+        out = model(hidden_states=sample, timestep=timesteps, encoder_hidden_states=text, **kwargs).sample
+        return self._denoised(out, sample)
 
     def gated(self, prunable: Any, sample: torch.Tensor, timesteps: torch.Tensor,
               cond: Mapping[str, torch.Tensor], gates: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,7 +167,14 @@ class Conditioning:
         if self.family == "flux":
             return self._flux(prunable, sample, timesteps, cond, gates)
         kwargs = self.extra_kwargs(cond, dtype=prunable.dtype)
-        return prunable(sample, timesteps, cond["text"], gates=gates, **kwargs).sample
+        return self._denoised(prunable(sample, timesteps, cond["text"], gates=gates, **kwargs).sample, sample)
+
+    def _denoised(self, out: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The prediction the sampler uses. PixArt learns the variance too (``out_channels`` twice the
+        latent channels): its pipeline samples with the first half, so training reads that half."""
+        if self.family == "pixart" and out.shape[1] == 2 * sample.shape[1]:
+            return out[:, : sample.shape[1]]
+        return out
 
     def _flux(self, model: Any, sample: torch.Tensor, timesteps: torch.Tensor, cond: Mapping[str, torch.Tensor],
               gates: torch.Tensor | None) -> torch.Tensor:

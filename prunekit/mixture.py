@@ -4,8 +4,8 @@ Layout::
 
     mixture/
       model_index.json      PromptRoutedPipeline and its components (diffusers' format)
-      vae/ text_encoder/ tokenizer/ scheduler/    the shared parts, written once (SDXL / SD3 add
-                            text_encoder_2/ tokenizer_2/, SD3 with T5 text_encoder_3/ tokenizer_3/)
+      vae/ text_encoder/ tokenizer/ scheduler/    the shared parts, written once (SDXL / SD3 / Flux
+                            add text_encoder_2/ tokenizer_2/, SD3 with T5 text_encoder_3/ tokenizer_3/)
       router/               PromptRouter: router weights + the sections that rebuild it and the
                             prompt encoder's reference (recipe section + SHA-256 of its weights)
       experts/config.json   ExpertUNets: the expert subfolders, in routing order

@@ -2,9 +2,11 @@
 
 Each prompt is routed (prompt encoder → router) to one expert denoiser; prompts are grouped by expert
 and every group runs batched through the base pipeline class (``base_pipeline``:
-``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline``) built on the
-shared VAE, text encoders, tokenizers and scheduler, the expert as its ``unet`` or ``transformer``.
-Results come back in input order, with the expert that produced each image.
+``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline``,
+``PixArtSigmaPipeline``, ``FluxPipeline``) built on the shared VAE, text encoders, tokenizers and
+scheduler, the expert as its ``unet`` or ``transformer``. Results come back in input order, with the
+expert that produced each image. What differs per family in a call (PixArt's caption and binning
+options, Flux's packed initial noise) comes from :class:`~prunekit.conditioning.Conditioning`.
 
 It is a ``DiffusionPipeline``: ``save_pretrained`` / ``from_pretrained`` (a self-contained folder:
 ``model_index.json``, shared components written once, ``router/``, ``experts/expert_NN/``),
@@ -34,12 +36,12 @@ import numpy as np
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
-from prunekit.conditioning import denoiser_of
+from prunekit.conditioning import Conditioning, denoiser_of, family_of_denoiser
 from prunekit.mixture_models import ExpertUNets, PromptRouter
 
-# Text encoders and tokenizers beyond SD's one: SDXL's second (CLIP-G), SD3's second and third (T5).
+# Text encoders and tokenizers beyond SD's one: SDXL's second (CLIP-G), SD3's second and third (T5),
+# Flux's second (T5).
 EXTRA_TEXT_COMPONENTS = ("text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
 
 
@@ -184,6 +186,21 @@ class PromptRoutedPipeline(DiffusionPipeline):
             compile_unet(unet, mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend)
         return self
 
+    @property
+    def conditioning(self) -> Conditioning:
+        """The conditioning family of the experts (what differs in how their pipeline is called)."""
+        return Conditioning(family_of_denoiser(self.experts[0]))
+
+    @property
+    def default_size(self) -> int:
+        """The image size (pixels) a call generates at unless told: the experts' native latent size
+        (``sample_size``; Flux has none and takes its pipeline's ``default_sample_size``) times the VAE's
+        downscaling, as the base pipeline defaults."""
+        sample = self.experts[0].config.get("sample_size")
+        if sample is None:
+            sample = self.expert_pipeline(0).default_sample_size
+        return int(sample) * self.vae_scale_factor
+
     def route(self, prompts: Sequence[str]) -> list[int]:
         return self.router.route(list(prompts))
 
@@ -252,14 +269,14 @@ class PromptRoutedPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != total:
             raise ValueError(f"got {len(generator)} generators for {total} images "
                              f"({count} prompts x {n} images per prompt)")
-        height = height or int(self.experts[0].config.sample_size) * self.vae_scale_factor
-        width = width or int(self.experts[0].config.sample_size) * self.vae_scale_factor
+        height = height or self.default_size
+        width = width or self.default_size
         device = self._execution_device
+        conditioning = self.conditioning
         if latents is None and isinstance(generator, torch.Generator):
-            channels = int(self.experts[0].config.in_channels)
             dtype = self.text_encoder.dtype if self.text_encoder is not None else self.experts.dtype
-            latents = randn_tensor((total, channels, height // self.vae_scale_factor, width // self.vae_scale_factor),
-                                   generator=generator, device=device, dtype=dtype)
+            latents = conditioning.initial_noise(self.experts[0], total, height, width, self.vae_scale_factor,
+                                                 generator=generator, device=device, dtype=dtype)
         if latents is not None and latents.shape[0] != total:
             raise ValueError(f"latents has {latents.shape[0]} rows for {total} images")
         for name, value in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
@@ -278,8 +295,9 @@ class PromptRoutedPipeline(DiffusionPipeline):
             for expert in sorted(set(routes)):
                 rows = [i for i, e in enumerate(routes) if e == expert]
                 images = [i * n + k for i in rows for k in range(n)]
-                call: dict[str, Any] = dict(kwargs, num_images_per_prompt=n, output_type=output_type,
-                                            height=height, width=width, return_dict=True)
+                call: dict[str, Any] = dict(conditioning.call_defaults(self.experts[0]), **kwargs,
+                                            num_images_per_prompt=n, output_type=output_type, height=height,
+                                            width=width, return_dict=True)
                 if prompts is not None:
                     call["prompt"] = [prompts[i] for i in rows]
                 if negatives is not None:

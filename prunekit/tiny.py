@@ -2,7 +2,9 @@
 
 They have SD's structure — a cross-attention ``UNet2DConditionModel``, an ``AutoencoderKL``, a
 CLIP text encoder with a real (character-level) CLIP BPE tokenizer and a DDPM-family scheduler —
-so every code path that loads SD 2.1 through ``from_pretrained`` is exercised on them.
+so every code path that loads SD 2.1 through ``from_pretrained`` is exercised on them. The other
+families (:func:`save_tiny_family`: SDXL, SD3, PixArt-Sigma, Flux) are built the same way; T5 text
+encoders get a character-level T5 tokenizer built in code (:func:`build_tiny_t5_tokenizer`).
 """
 
 from __future__ import annotations
@@ -184,11 +186,99 @@ def build_tiny_sd3_pipeline(seed: int = 0) -> Any:
         text_encoder_3=None, tokenizer_3=None)
 
 
-TINY_FAMILIES = {"sdxl": build_tiny_sdxl_pipeline, "sd3": build_tiny_sd3_pipeline}
+T5_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2, as T5's own vocabulary numbers them
+
+
+def build_tiny_t5_tokenizer(max_length: int = 512) -> Any:
+    """A character-level T5 tokenizer built in code: a ``tokenizers`` Unigram over the printable ASCII
+    characters, each alone and after T5's word marker ``▁``, behind T5's Metaspace pre-tokenizer and
+    ``</s>`` post-processor, wrapped in ``T5TokenizerFast``. Saves and reloads (``from_pretrained``) like
+    T5's; no sentencepiece model, no download."""
+    import string
+
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    # transformers 5 folded the fast class into T5Tokenizer and keeps T5TokenizerFast as an alias
+    fast_class = getattr(transformers, "T5TokenizerFast", transformers.T5Tokenizer)
+
+    marker = "\u2581"
+    chars = [c for c in string.printable if not c.isspace()]
+    vocab = [(t, 0.0) for t in T5_SPECIAL_TOKENS] + [(marker, -2.0)]
+    vocab += [(c, -3.0) for c in chars] + [(marker + c, -2.5) for c in chars]
+    model = Tokenizer(models.Unigram(vocab, unk_id=T5_SPECIAL_TOKENS.index("<unk>")))
+    model.pre_tokenizer = pre_tokenizers.Metaspace(replacement=marker, prepend_scheme="always")
+    model.decoder = decoders.Metaspace(replacement=marker, prepend_scheme="always")
+    model.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", T5_SPECIAL_TOKENS.index("</s>"))])
+    return fast_class(tokenizer_object=model, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                      extra_ids=0, model_max_length=max_length)
+
+
+def _tiny_t5(tokenizer: Any, d_model: int) -> Any:
+    """A 2-layer ``T5EncoderModel`` (relative position buckets: any text length), without dropout and in
+    eval mode, as ``from_pretrained`` hands it over: a pipeline built in code encodes deterministically."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
+                      num_heads=d_model // 8, relative_attention_num_buckets=8, relative_attention_max_distance=32,
+                      feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+    return T5EncoderModel(config).eval()
+
+
+def build_tiny_pixart_pipeline(seed: int = 0) -> Any:
+    """A randomly initialised tiny ``PixArtSigmaPipeline``: a T5 encoder (32 wide) with the offline T5
+    tokenizer, a ``PixArtTransformer2DModel`` of 2 blocks (2 heads x 8, learned sigma: 8 output
+    channels), a 4-channel VAE with SDXL's scale, PixArt-Sigma's DPM-Solver; 8x8 latents, 16x16 pixels
+    natively (the encode stage takes any size)."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
+    from diffusers.models import PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=16, caption_channels=32, sample_size=8, patch_size=2, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, use_additional_conditions=False)
+    tokenizer = build_tiny_t5_tokenizer(300)  # PixArt-Sigma's max_sequence_length
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001,
+                                            beta_end=0.02, prediction_type="epsilon")
+    return PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=_tiny_t5(tokenizer, 32),
+                               vae=_tiny_vae(4, scaling_factor=0.13025), transformer=transformer,
+                               scheduler=scheduler)
+
+
+def build_tiny_flux_pipeline(seed: int = 0) -> Any:
+    """A randomly initialised tiny ``FluxPipeline`` (dev-like: guidance embedding): a CLIP text encoder
+    (pooled 16) and a T5 encoder (32 wide) with the offline tokenizers, a ``FluxTransformer2DModel`` of
+    2 double- and 2 single-stream blocks (2 heads x 16) on 2x2-packed tokens of a 16-channel VAE with
+    Flux's shift and scale, flow matching with dynamic shifting."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers.models import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=2, num_single_layers=2,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=16, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    tokenizer, tokenizer_2 = build_tiny_tokenizer(), build_tiny_t5_tokenizer()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    vae = _tiny_vae(16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False,
+                    use_post_quant_conv=False)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=_tiny_clip(tokenizer, 16), tokenizer=tokenizer,
+                        text_encoder_2=_tiny_t5(tokenizer_2, 32), tokenizer_2=tokenizer_2, transformer=transformer)
+
+
+TINY_FAMILIES = {"sdxl": build_tiny_sdxl_pipeline, "sd3": build_tiny_sd3_pipeline,
+                 "pixart": build_tiny_pixart_pipeline, "flux": build_tiny_flux_pipeline}
 
 
 def save_tiny_family(family: str, folder: str | Path, seed: int = 0) -> Path:
-    """Build a tiny pipeline of ``family`` (``sdxl``, ``sd3``) and save it as a diffusers folder."""
+    """Build a tiny pipeline of ``family`` (``sdxl``, ``sd3``, ``pixart``, ``flux``) and save it as a
+    diffusers folder."""
     folder = Path(folder)
     TINY_FAMILIES[family](seed).save_pretrained(folder, safe_serialization=True)
     return folder

@@ -8,15 +8,19 @@ import json
 
 import pytest
 import torch
+from family_helpers import (
+    FAST,
+    PROMPTS,
+    PRUNING,
+    expected_stages,
+    routed_images_equal_their_expert_alone,
+    stages,
+)
 from helpers import SMOKE, run_cli, run_recipe
 
 pytestmark = pytest.mark.usefixtures("restore_threads")
 
-FAST = ["engine.threads=1", "model.name=diffusers_sd", "metrics.macs={}"]
-# Enough router steps for the resource loss to prune (the experts then differ from the teacher).
-PRUNING = ["budget.target=0.6", "method.prune.warmup_iters=30", "method.prune.lr=0.05"]
 SD3_MODEL = ["model.without=[text_encoder_3,tokenizer_3]", "eval.scheduler=pipeline"]
-PROMPTS = ["a red square", "a blue circle on green", "a small yellow triangle"]
 
 
 @pytest.fixture(scope="module")
@@ -39,31 +43,6 @@ def sd3_run(folders, tmp_path_factory):
     out = tmp_path_factory.mktemp("sd3") / "run"
     run, metrics = run_recipe(SMOKE, [*FAST, *PRUNING, *SD3_MODEL, f"model.path={folders['sd3']}"], output=out)
     return out, metrics
-
-
-def _stages(out):
-    return json.loads((out / "stages.json").read_text())
-
-
-def _expected_stages():
-    return {"encode", "prune_warmup", "prune", "route", *(f"finetune_expert_{i}" for i in range(4)), "export",
-            "evaluate"}
-
-
-def _routed_images_equal_their_expert_alone(mixture, base_pipeline):
-    from prunekit.pipeline import PromptRoutedPipeline
-
-    pipe = PromptRoutedPipeline.from_pretrained(mixture)
-    assert pipe.config["base_pipeline"] == base_pipeline
-    out = pipe(PROMPTS, seed=0, num_inference_steps=2, output_type="np")
-    assert len(set(out.experts)) >= 1 and len(out.images) == len(PROMPTS)
-    for i, (prompt, expert) in enumerate(zip(PROMPTS, out.experts)):
-        alone = pipe.expert_pipeline(expert)
-        assert type(alone).__name__ == base_pipeline
-        image = alone(prompt, generator=torch.Generator().manual_seed(i), num_inference_steps=2,
-                      output_type="np").images[0]
-        assert abs(image - out.images[i]).max() < 1e-5
-    return pipe
 
 
 # -- the objectives -----------------------------------------------------------------------------------
@@ -148,7 +127,7 @@ def test_ddpm_sampler_on_a_flow_matching_pipeline_is_refused():
 
 def test_sdxl_aptp_smoke_completes_every_stage(sdxl_run):
     out, metrics = sdxl_run
-    assert _expected_stages() <= set(_stages(out))
+    assert expected_stages() <= set(stages(out))
     index = json.loads((out / "artifacts" / "encoded" / "index.json").read_text())
     # two CLIPs of 16 concatenated (the U-Net's 32), the projected pooled CLIP-G state, 6 size ids
     assert index["shapes"]["text"] == [32, 32]
@@ -163,7 +142,7 @@ def test_sdxl_aptp_smoke_completes_every_stage(sdxl_run):
 def test_sdxl_mixture_loads_and_each_image_is_its_experts(sdxl_run, tmp_path):
     out, _ = sdxl_run
     mixture = out / "artifacts" / "mixture"
-    pipe = _routed_images_equal_their_expert_alone(mixture, "StableDiffusionXLPipeline")
+    pipe = routed_images_equal_their_expert_alone(mixture, "StableDiffusionXLPipeline")
     assert pipe.text_encoder_2 is not None and pipe.tokenizer_2 is not None
     result = run_cli("generate", str(mixture), *PROMPTS[:2], "--steps", "2", "-o", str(tmp_path / "png"))
     assert result.returncode == 0, result.stderr
@@ -172,7 +151,7 @@ def test_sdxl_mixture_loads_and_each_image_is_its_experts(sdxl_run, tmp_path):
 
 def test_sd3_aptp_smoke_prunes_and_completes_every_stage(sd3_run):
     out, metrics = sd3_run
-    assert _expected_stages() <= set(_stages(out))
+    assert expected_stages() <= set(stages(out))
     index = json.loads((out / "artifacts" / "encoded" / "index.json").read_text())
     # CLIP tokens (32) + the zeros standing in for T5's 256, at the joint attention width; pooled 16 + 16
     assert index["shapes"]["text"] == [288, 32]
@@ -194,7 +173,7 @@ def test_sd3_mixture_loads_pruned_transformers_and_generates(sd3_run, tmp_path):
 
     out, _ = sd3_run
     mixture = out / "artifacts" / "mixture"
-    pipe = _routed_images_equal_their_expert_alone(mixture, "StableDiffusion3Pipeline")
+    pipe = routed_images_equal_their_expert_alone(mixture, "StableDiffusion3Pipeline")
     assert all(isinstance(e, PrunedSD3Transformer2DModel) for e in pipe.experts)
     assert any("0" in e.pruning["mask"] for e in pipe.experts)
     result = run_cli("generate", str(mixture), PROMPTS[0], "--steps", "2", "-o", str(tmp_path / "png"))
@@ -219,8 +198,9 @@ def test_real_model_recipes_stop_at_once_offline(recipe, model, tmp_path):
 
 @pytest.mark.parametrize("family", ["pixart", "flux"])
 def test_pixart_and_flux_calls_follow_their_pipelines_conventions(family):
-    """PixArt: T5 mask and no size conditioning; Flux: 2x2-packed latent tokens, timesteps / 1000 and
-    the dev guidance 3.5. The call on the latent layout equals the stock model on the packed inputs."""
+    """PixArt: T5 mask, no size conditioning, the learned-sigma output's first half; Flux: 2x2-packed
+    latent tokens, timesteps / 1000 and the dev guidance 3.5. The call on the latent layout equals the
+    stock model on the packed inputs."""
     from diffusers import FluxPipeline
     from transformer_helpers import TEXT_LEN, build, inputs
 
@@ -235,8 +215,9 @@ def test_pixart_and_flux_calls_follow_their_pipelines_conventions(family):
         mask[1, 3:] = 0
         cond = {"text": kwargs["encoder_hidden_states"], "text_mask": mask}
         x, t = kwargs["hidden_states"], kwargs["timestep"]
+        # learned sigma (out_channels 8): the pipeline samples with the first half, and so does training
         expected = model(x, encoder_hidden_states=cond["text"], timestep=t, encoder_attention_mask=mask,
-                         added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+                         added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample[:, :4]
         unmasked = conditioning.call(model, x, t, {**cond, "text_mask": torch.ones_like(mask)})
         assert not torch.allclose(unmasked[1], expected[1])  # the mask is passed on
     else:

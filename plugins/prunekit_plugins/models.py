@@ -95,7 +95,7 @@ def build_tiny(config: TinyModelConfig) -> object:
 @hookimpl
 def prunekit_register_components(register) -> None:
     register("model", "diffusers_sd", build_diffusers, schema=DiffusersModelConfig,
-             doc="Diffusers text-to-image pipeline (SD 1.x/2.x, SDXL, SD3, PixArt, Flux) from a folder or "
+             doc="Diffusers text-to-image pipeline (SD 1.x/2.x, SDXL, SD3, PixArt-Sigma, Flux) from a folder or "
                  "cached hub id")
     register("model", "tiny_random", build_tiny, schema=TinyModelConfig,
              doc="Tiny randomly initialised SD-shaped pipeline built in code (smoke tests)")

@@ -108,8 +108,11 @@ def expert_pipeline(routed: Any, index: int) -> Any:
 def native_resolution(pipeline: Any) -> int:
     from prunekit.conditioning import denoiser_of
 
-    model = pipeline.experts[0] if is_routed(pipeline) else denoiser_of(pipeline)
-    return int(model.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 8))
+    if is_routed(pipeline):
+        return int(pipeline.default_size)
+    # Flux's transformer has no sample_size: its pipeline's default_sample_size
+    sample = denoiser_of(pipeline).config.get("sample_size") or pipeline.default_sample_size
+    return int(sample) * int(getattr(pipeline, "vae_scale_factor", 8))
 
 
 def to_uint8(images: Any) -> Any:
@@ -174,6 +177,10 @@ def _batch_caller(pipeline: Any, config: EvalConfig) -> tuple[Callable[[list[str
     size = config.resolution or native_resolution(pipe)
     kwargs = dict(num_inference_steps=config.steps, guidance_scale=config.guidance_scale, height=size, width=size,
                   output_type="np")
+    if not routed:  # a mixture sets its family's defaults itself
+        from prunekit.conditioning import conditioning_for, denoiser_of
+
+        kwargs = {**conditioning_for(pipe).call_defaults(denoiser_of(pipe)), **kwargs}
 
     def call(chunk: list[str], seeds: list[int]) -> tuple[list[Any], list[int] | None]:
         if routed:

@@ -21,6 +21,7 @@ FLOPs into the coefficients is :func:`fit_mac_model`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -51,24 +52,25 @@ def flop_counter_mode(display: bool = False) -> FlopCounterMode:
     return FlopCounterMode(display=display, custom_mapping=mapping)
 
 
-def trace_flops(model: nn.Module, inputs: InputsFactory) -> tuple[int, dict[str, int], dict[str, int]]:
-    """FLOPs of one forward of ``model`` on ``inputs()``: total, per module path ("" = root) and per
-    aten op. A meta model is traced as it is, any other on fake tensors."""
-    on_meta = any(p.is_meta for p in model.parameters())
-    counter = flop_counter_mode()
-    with torch.no_grad():
-        if on_meta:
-            args, kwargs = inputs()
-            with counter:
-                model(*args, **kwargs)
-        else:
+def forward_on_shapes(model: nn.Module, inputs: InputsFactory, counter: FlopCounterMode | None = None) -> None:
+    """One no-grad forward of ``model`` on ``inputs()`` (under ``counter`` if given) that computes
+    nothing: a meta model runs as it is, any other on fake tensors."""
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        if not any(p.is_meta for p in model.parameters()):
             from torch._subclasses.fake_tensor import FakeTensorMode
 
-            # Fake tensors carry shapes only: the trace costs a Python pass, not a real forward.
-            with FakeTensorMode(allow_non_fake_inputs=True):
-                args, kwargs = inputs()
-                with counter:
-                    model(*args, **kwargs)
+            # Fake tensors carry shapes only: the pass costs Python time, not a real forward.
+            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+        args, kwargs = inputs()
+        with counter if counter is not None else contextlib.nullcontext():
+            model(*args, **kwargs)
+
+
+def trace_flops(model: nn.Module, inputs: InputsFactory) -> tuple[int, dict[str, int], dict[str, int]]:
+    """FLOPs of one forward of ``model`` on ``inputs()`` (see :func:`forward_on_shapes`): total, per
+    module path ("" = root) and per aten op."""
+    counter = flop_counter_mode()
+    forward_on_shapes(model, inputs, counter)
     counts = counter.get_flop_counts()
     per_op = {str(op): int(v) for op, v in counts.get("Global", {}).items()}
     root = type(model).__name__

@@ -18,7 +18,7 @@ from torch import nn
 
 # MacModel and flop_counter_mode are public here (prunekit.unet's names); they live in mac_count.
 from ..mac_count import MacModel as MacModel
-from ..mac_count import fit_mac_model, trace_flops
+from ..mac_count import fit_mac_model, forward_on_shapes, trace_flops
 from ..mac_count import flop_counter_mode as flop_counter_mode
 from .inventory import DepthLayout, Inventory, build_inventory
 
@@ -187,16 +187,7 @@ def paper_convention_macs(model: nn.Module, *, height: int, width: int, text_len
 
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in unet.modules()]
     try:
-        with torch.no_grad():
-            if any(p.is_meta for p in unet.parameters()):
-                args, kwargs = example_inputs(unet, height=height, width=width, text_len=text_len)
-                unet(*args, **kwargs)
-            else:
-                from torch._subclasses.fake_tensor import FakeTensorMode
-
-                with FakeTensorMode(allow_non_fake_inputs=True):
-                    args, kwargs = example_inputs(unet, height=height, width=width, text_len=text_len)
-                    unet(*args, **kwargs)
+        forward_on_shapes(unet, lambda: example_inputs(unet, height=height, width=width, text_len=text_len))
     finally:
         for handle in handles:
             handle.remove()

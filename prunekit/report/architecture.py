@@ -37,29 +37,12 @@ def block_label(path: str) -> str:
 def block_macs(unet: Any, *, height: int, width: int, text_len: int) -> dict[str, float]:
     """MACs (batch 1) of every ResNet and Transformer2D block of ``unet``, measured with the same
     FlopCounterMode convention as :func:`prunekit.unet.count_macs`. A block pruned away counts 0."""
-    import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from prunekit.mac_count import trace_flops
+    from prunekit.unet import example_inputs
 
-    from prunekit.unet import example_inputs, flop_counter_mode
-
-    counter = flop_counter_mode()
-    on_meta = any(p.is_meta for p in unet.parameters())
-    with torch.no_grad():
-        if on_meta:
-            args, kwargs = example_inputs(unet, height=height, width=width, text_len=text_len)
-            with counter:
-                unet(*args, **kwargs)
-        else:
-            # Shapes only: a Python pass, not a real forward.
-            with FakeTensorMode(allow_non_fake_inputs=True):
-                args, kwargs = example_inputs(unet, height=height, width=width, text_len=text_len)
-                with counter:
-                    unet(*args, **kwargs)
-    root = type(unet).__name__ + "."
-    found = {name[len(root):]: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()
-             if name.startswith(root)}
+    _, per_module, _ = trace_flops(unet, lambda: example_inputs(unet, height=height, width=width, text_len=text_len))
     paths = [name for name, _ in unet.named_modules() if _BLOCK.match(name)]
-    return {p: float(found.get(p, 0.0)) for p in sorted(paths, key=_block_key)}
+    return {p: per_module.get(p, 0) / 2 for p in sorted(paths, key=_block_key)}
 
 
 _TRANSFORMER_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)$")
@@ -68,22 +51,13 @@ _TRANSFORMER_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks
 def transformer_block_macs(model: Any, *, height: int, width: int, text_len: int) -> dict[str, float]:
     """MACs (batch 1) of every transformer block of a PixArt / SD3 / Flux model, in forward order, by
     the same convention as :func:`block_macs`; a block pruned away (or gone) counts 0."""
-    import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
+    from prunekit.mac_count import trace_flops
     from prunekit.transformer import example_inputs
-    from prunekit.unet import flop_counter_mode
 
-    counter = flop_counter_mode()
-    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-        kwargs = example_inputs(model, height=height, width=width, text_len=text_len)
-        with counter:
-            model(**kwargs)
-    root = type(model).__name__ + "."
-    found = {name[len(root):]: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()
-             if name.startswith(root)}
+    _, per_module, _ = trace_flops(
+        model, lambda: ((), example_inputs(model, height=height, width=width, text_len=text_len)))
     paths = [name for name, _ in model.named_modules() if _TRANSFORMER_BLOCK.match(name)]
-    return {p: float(found.get(p, 0.0)) for p in paths}
+    return {p: per_module.get(p, 0) / 2 for p in paths}
 
 
 def _transformer_map(mixture_dir: Path, manifest: dict[str, Any], height: int, width: int,

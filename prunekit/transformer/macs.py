@@ -1,8 +1,8 @@
 """MACs of a (gated or pruned) transformer denoiser, as a differentiable function of the gates.
 
-Same convention and model as :mod:`prunekit.unet.macs`: what ``FlopCounterMode`` counts (every linear
-and conv, plus both attention matmuls QK^T and AV through the SDPA formula, also for the CPU flash
-kernel), halved, at batch 1; elementwise ops are not counted. Every gated quantity is linear in the kept
+Same convention and model as the U-Net (:mod:`prunekit.mac_count`): what ``FlopCounterMode`` counts
+(every linear and conv, plus both attention matmuls QK^T and AV through the SDPA formula, also for the
+CPU flash kernel), halved, at batch 1; elementwise ops are not counted. Every gated quantity is linear in the kept
 units of its layer:
 
 - a head: its q/k/v rows in every stream, its QK^T and AV over the joint sequence, its output columns
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..unet.macs import MacModel, flop_counter_mode
-from .inventory import TransformerInventory, family_of
+from ..mac_count import MacModel, fit_mac_model, trace_flops
+from .inventory import TransformerInventory, WidthSpec, family_of
 
 
 def example_inputs(model: nn.Module, *, height: int, width: int, text_len: int = 77, batch: int = 1,
@@ -77,31 +77,7 @@ def example_inputs(model: nn.Module, *, height: int, width: int, text_len: int =
 
 def _trace(model: nn.Module, *, height: int, width: int, text_len: int) -> tuple[int, dict[str, int], dict[str, int]]:
     """FLOPs of one batch-1 forward: total, per module path ("" = root) and per aten op."""
-    on_meta = any(p.is_meta for p in model.parameters())
-    counter = flop_counter_mode()
-    with torch.no_grad():
-        if on_meta:
-            kwargs = example_inputs(model, height=height, width=width, text_len=text_len)
-            with counter:
-                model(**kwargs)
-        else:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
-            # Shapes only: a Python pass over the model, no real computation.
-            with FakeTensorMode(allow_non_fake_inputs=True):
-                kwargs = example_inputs(model, height=height, width=width, text_len=text_len)
-                with counter:
-                    model(**kwargs)
-    counts = counter.get_flop_counts()
-    per_op = {str(op): int(v) for op, v in counts.get("Global", {}).items()}
-    root = type(model).__name__
-    per_module: dict[str, int] = {}
-    for name, ops in counts.items():
-        if name == "Global":
-            continue
-        path = "" if name == root else name[len(root) + 1:] if name.startswith(root + ".") else name
-        per_module[path] = int(sum(ops.values()))
-    return int(sum(per_op.values())), per_module, per_op
+    return trace_flops(model, lambda: ((), example_inputs(model, height=height, width=width, text_len=text_len)))
 
 
 def _model_of(model: nn.Module) -> nn.Module:
@@ -126,26 +102,13 @@ def build_mac_model(model: nn.Module, inventory: TransformerInventory, *, height
                     text_len: int = 77) -> MacModel:
     """The :class:`MacModel` of ``model`` (a stock dense transformer) under ``inventory``."""
     total, per_module, _ = _trace(model, height=height, width=width, text_len=text_len)
-    n = inventory.num_units
-    coef = torch.zeros(n, dtype=torch.float64)
-    depth_const = torch.zeros(n, dtype=torch.float64)
-    depth_of = torch.full((n,), n, dtype=torch.long)  # n = the appended constant-one column
-    base = float(total)
-    inner_of_depth: dict[int, float] = {}
-    for layer, spec in zip(inventory.width_layers, inventory.specs, strict=True):
-        missing = [path for path, _ in spec.costs if path not in per_module]
-        if missing:
-            raise RuntimeError(f"MAC attribution failed: no FLOPs traced for {missing}")
-        prunable = sum(share * per_module[path] for path, share in spec.costs)
-        coef[layer.start:layer.stop] = prunable / layer.count
-        base -= prunable
-        if layer.depth_unit is not None:
-            depth_of[layer.start:layer.stop] = layer.depth_unit
-            inner_of_depth[layer.depth_unit] = inner_of_depth.get(layer.depth_unit, 0.0) + prunable
-    for layer in inventory.depth_layers:
-        const = float(per_module.get(layer.path, 0)) - inner_of_depth.get(layer.start, 0.0)
-        depth_const[layer.start] = const
-        base -= const
-    if base < -0.5 or (depth_const < -0.5).any():
-        raise RuntimeError("MAC attribution failed: negative constant term (module names did not match)")
-    return MacModel(base / 2, coef / 2, depth_const / 2, depth_of, height=height, width=width, text_len=text_len)
+    prunable = [_prunable_flops(spec, per_module) for spec in inventory.specs]
+    return fit_mac_model(inventory, total, per_module, prunable, height=height, width=width, text_len=text_len)
+
+
+def _prunable_flops(spec: WidthSpec, per_module: dict[str, int]) -> float:
+    """The traced FLOPs that scale with a width layer's kept units (its costs, each at its share)."""
+    missing = [path for path, _ in spec.costs if path not in per_module]
+    if missing:
+        raise RuntimeError(f"MAC attribution failed: no FLOPs traced for {missing}")
+    return sum(share * per_module[path] for path, share in spec.costs)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from ..pruned_weights import SliceMap, differing_entries, load_sliced
 from ..unet.inventory import Layer
-from ..unet.prune import SliceMap, _channels, _set_child, _shrink_ffn, hard_mask, round_keep
+from ..unet.prune import _channels, _set_child, _shrink_ffn, hard_mask, round_keep
 from ..unet.pruned_modules import AttentionBiasOnly
 from .inventory import TransformerDepth, TransformerInventory, build_inventory
 from .pruned_modules import JointAttentionBiasOnly, NoHeads, SkippedBlock
@@ -195,35 +196,14 @@ def physically_prune(model: nn.Module, mask: Any, *, round_to: int | None = None
     source = dense.state_dict()
     class_name = type(dense).__name__
     config = cast(Mapping[str, Any], dense.config)  # a diffusers FrozenDict
-    reference = meta_skeleton(config, class_name).state_dict()
-    mismatched = [k for k in source if k not in reference or reference[k].shape != source[k].shape]
-    missing = [k for k in reference if k not in source]
-    if mismatched or missing:
+    differing = differing_entries(source, meta_skeleton(config, class_name).state_dict())
+    if differing:
         raise ValueError("the model does not match one built from its config (modified?); differing entries: "
-                         f"{(mismatched + missing)[:5]}")
+                         f"{differing[:5]}")
     keep, _ = hard_mask(mask, inventory.num_units)
     if round_to is not None:
         keep = round_keep(inventory, mask, round_to, scores=scores)
     slices = apply_structure(meta_skeleton(config, class_name), inventory, keep)
     pruned = pruned_skeleton(pruned_class(dense), config, pruning_entry(inventory, keep, round_to=round_to))
-    state: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for key in pruned.state_dict():
-            src_key, dim, index = slices.get(key, (key, None, None))
-            tensor = source[src_key]
-            if dim is not None:
-                assert index is not None  # a sliced entry always carries its indices
-                state[key] = tensor.index_select(dim, index.to(tensor.device))
-            else:
-                state[key] = tensor.clone()
-    pruned.load_state_dict(state, strict=True, assign=True)
-    # Buffers that are not saved (PixArt's position table) are not in the state dict: copy them.
-    for name, buffer in list(pruned.named_buffers()):
-        if buffer.is_meta:
-            owner, _, leaf = name.rpartition(".")
-            pruned.get_submodule(owner)._buffers[leaf] = dense.get_buffer(name).clone()
-    source_params = dict(dense.named_parameters())
-    for name, param in pruned.named_parameters():
-        param.requires_grad_(source_params[slices.get(name, (name, None, None))[0]].requires_grad)
-    pruned.train(dense.training)
+    load_sliced(pruned, dense, source, slices)
     return pruned

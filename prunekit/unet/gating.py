@@ -18,59 +18,15 @@ Where the gates act:
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any
 
 import torch
 from torch import nn
 
-from .inventory import DepthLayout, Inventory, Layer, Unit, build_inventory
-
-
-@dataclass(frozen=True)
-class _GateState:
-    owner: object
-    channels: torch.Tensor  # (batch or 1, total gated channels)
-    depth: torch.Tensor  # (batch or 1, depth units)
-
-
-# One module-level variable (context variables must not be created per instance); the state names its
-# owner so that two instrumented U-Nets never read each other's gates.
-_ACTIVE: contextvars.ContextVar[_GateState | None] = contextvars.ContextVar("prunekit_unet_gates", default=None)
-
-
-def _state_for(owner: object) -> _GateState | None:
-    state = _ACTIVE.get()
-    if state is None or state.owner is not owner:
-        return None
-    return state
-
-
-class _WidthHook:
-    """Forward hook (ResNet norm2, FFN net[0]) or forward pre-hook (attention to_out[0]) for one layer."""
-
-    def __init__(self, owner: object, start: int, stop: int, layout: str) -> None:
-        self.owner, self.start, self.stop, self.layout = owner, start, stop, layout
-
-    def _gate(self, x: torch.Tensor, state: _GateState) -> torch.Tensor:
-        g = state.channels[:, self.start : self.stop]
-        if self.layout == "nchw":
-            g = g[:, :, None, None]
-        else:
-            g = g[:, None, :]
-        return x * g.to(x.dtype)
-
-    def forward_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        state = _state_for(self.owner)
-        return None if state is None else self._gate(output, state)
-
-    def pre_hook(self, module: nn.Module, args: tuple) -> tuple | None:
-        state = _state_for(self.owner)
-        if state is None:
-            return None
-        return (self._gate(args[0], state), *args[1:])
+# The gate context is re-exported: code written before gated_denoiser existed reads it from here.
+from ..gated_denoiser import _ACTIVE as _ACTIVE
+from ..gated_denoiser import _GatedDenoiser, _state_for, _WidthHook
+from .inventory import DepthLayout, build_inventory
 
 
 class _DepthHook:
@@ -100,44 +56,7 @@ class _DepthHook:
         return type(output)(sample=mixed)
 
 
-class _RunWithGates:
-    """Calls ``module`` with a given gate state active; stands in for the module under checkpointing."""
-
-    def __init__(self, module: nn.Module, state: _GateState) -> None:
-        self.module, self.state = module, state
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        token = _ACTIVE.set(self.state)
-        try:
-            return self.module(*args, **kwargs)
-        finally:
-            _ACTIVE.reset(token)
-
-
-class _Checkpointable(Protocol):
-    """A diffusers block that supports activation checkpointing (its attributes are set dynamically)."""
-
-    gradient_checkpointing: bool
-    _gradient_checkpointing_func: Callable[..., Any]
-
-
-class _GateAwareCheckpoint:
-    """Wraps a block's ``_gradient_checkpointing_func``.
-
-    Activation checkpointing re-runs the block during backward, after ``forward`` has returned and the
-    gate context is gone; the wrapper captures the gates at forward time so the recomputation sees them.
-    """
-
-    def __init__(self, inner: Callable[..., Any]) -> None:
-        self.inner = inner
-
-    def __call__(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        state = _ACTIVE.get()
-        target = module if state is None else _RunWithGates(module, state)
-        return self.inner(target, *args, **kwargs)
-
-
-class PrunableUNet(nn.Module):
+class PrunableUNet(_GatedDenoiser):
     """A stock ``UNet2DConditionModel`` with gate hooks; the wrapped model keeps its own weights.
 
     Build it with :func:`make_prunable`. ``forward(sample, timestep, encoder_hidden_states, gates=None,
@@ -155,17 +74,10 @@ class PrunableUNet(nn.Module):
     during its own wrapper's forward, so the instrumentations never see each other's gates.
     """
 
-    # Non-persistent buffers registered in __init__ (declared so they are typed as tensors).
-    _channel_unit: torch.Tensor
-    _depth_units: torch.Tensor
-
     def __init__(self, unet: nn.Module, depth: DepthLayout = "aptp", *, ffn_groups: int = 32) -> None:
         super().__init__()
         self.unet = unet
-        self.inventory: Inventory = build_inventory(unet, depth, ffn_groups=ffn_groups)
-        self._owner = object()
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._mac_models: dict[tuple, Any] = {}
+        self.inventory = build_inventory(unet, depth, ffn_groups=ffn_groups)
 
         channel_unit: list[torch.Tensor] = []
         offset = 0
@@ -192,103 +104,21 @@ class PrunableUNet(nn.Module):
             else:
                 target = unet.get_submodule(f"{layer.path}.net.0")
                 self._handles.append(target.register_forward_hook(hook.forward_hook))
-        channel_index = torch.cat(channel_unit) if channel_unit else torch.zeros(0, dtype=torch.long)
-        depth_index = torch.tensor([layer.start for layer in self.inventory.depth_layers], dtype=torch.long)
-        self._depth_units_cpu = depth_index
-        param = next(unet.parameters(), None)
-        device = param.device if param is not None and not param.is_meta else torch.device("cpu")
-        # Buffers follow .to(); _resolve still moves them if only the wrapped U-Net was moved.
-        self.register_buffer("_channel_unit", channel_index.to(device), persistent=False)
-        self.register_buffer("_depth_units", depth_index.to(device), persistent=False)
-        # cast: the hasattr test is what selects the blocks that carry diffusers' checkpointing attributes.
-        self._checkpointable = [cast(_Checkpointable, m) for m in unet.modules()
-                                if hasattr(m, "gradient_checkpointing")]
-
-    # --- description -------------------------------------------------------------------------------
-    @property
-    def num_units(self) -> int:
-        return self.inventory.num_units
+        self._index_units(channel_unit)
 
     @property
-    def units(self) -> tuple[Unit, ...]:
-        return self.inventory.units
-
-    @property
-    def layers(self) -> tuple[Layer, ...]:
-        return self.inventory.layers
-
-    @property
-    def groups(self) -> list[torch.Tensor]:
-        """Unit indices of each width layer (ResNet, attention, FFN); depth units are not in any group."""
-        return [torch.arange(layer.start, layer.stop) for layer in self.inventory.width_layers]
-
-    @property
-    def depth_indices(self) -> torch.Tensor:
-        return self._depth_units_cpu.clone()
-
-    @property
-    def width_indices(self) -> torch.Tensor:
-        return torch.arange(len(self.inventory.units) - len(self.inventory.depth_layers))
-
-    @property
-    def config(self) -> Any:
-        return self.unet.config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    def dense_gates(self, batch: int | None = None) -> torch.Tensor:
-        shape = (self.num_units,) if batch is None else (batch, self.num_units)
-        return torch.ones(shape, device=self.device)
+    def _wrapped(self) -> nn.Module:
+        return self.unet
 
     # --- forward -----------------------------------------------------------------------------------
-    def _resolve(self, gates: torch.Tensor | Sequence[float], batch: int) -> _GateState:
-        g = torch.as_tensor(gates, device=self.device)
-        if not g.is_floating_point():
-            g = g.to(torch.float32)
-        if g.ndim == 1:
-            g = g[None]
-        if g.ndim != 2 or g.shape[1] != self.num_units:
-            raise ValueError(f"gates must have shape (units,) or (batch, units) with units={self.num_units}, "
-                             f"got {tuple(g.shape)}")
-        if g.shape[0] not in (1, batch):
-            if batch % g.shape[0]:
-                raise ValueError(f"gates batch {g.shape[0]} does not divide the latent batch {batch}")
-            g = g.repeat(batch // g.shape[0], 1)
-        g = g.to(self.dtype)  # once here, so the hooks multiply in the activations' dtype without casts
-        channels = g.index_select(1, self._channel_unit.to(g.device))
-        depth = g.index_select(1, self._depth_units.to(g.device))
-        return _GateState(self._owner, channels, depth)
-
-    def _wrap_checkpointing(self) -> None:
-        for module in self._checkpointable:
-            func = getattr(module, "_gradient_checkpointing_func", None)
-            if module.gradient_checkpointing and func is not None and not isinstance(func, _GateAwareCheckpoint):
-                module._gradient_checkpointing_func = _GateAwareCheckpoint(func)
-
     def forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor,
                 gates: torch.Tensor | None = None, **unet_kwargs: Any) -> Any:
         # Inputs follow the U-Net's dtype, so a bf16 teacher is driven by fp32 data and fp32 gates.
         dtype = self.dtype
         sample = sample.to(dtype)
         encoder_hidden_states = encoder_hidden_states.to(dtype)
-        if gates is None:
-            return self.unet(sample, timestep, encoder_hidden_states, **unet_kwargs)
-        if not self._handles:
-            raise RuntimeError("this PrunableUNet was restored; its hooks are gone")
-        state = self._resolve(gates, sample.shape[0])
-        if torch.is_grad_enabled():
-            self._wrap_checkpointing()
-        token = _ACTIVE.set(state)
-        try:
-            return self.unet(sample, timestep, encoder_hidden_states, **unet_kwargs)
-        finally:
-            _ACTIVE.reset(token)
+        return self._call_gated(gates, sample.shape[0],
+                                lambda: self.unet(sample, timestep, encoder_hidden_states, **unet_kwargs))
 
     # --- budget ------------------------------------------------------------------------------------
     def mac_model(self, *, height: int, width: int, text_len: int = 77,
@@ -302,18 +132,6 @@ class PrunableUNet(nn.Module):
             self._mac_models[key] = build_mac_model(self.unet, self.inventory, height=height, width=width,
                                                     text_len=text_len, added_cond_kwargs=added_cond_kwargs)
         return self._mac_models[key]
-
-    # --- teardown ----------------------------------------------------------------------------------
-    def restore(self) -> nn.Module:
-        """Remove every hook and checkpoint wrapper; returns the stock U-Net, as it was."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for module in self._checkpointable:
-            func = getattr(module, "_gradient_checkpointing_func", None)
-            if isinstance(func, _GateAwareCheckpoint):
-                module._gradient_checkpointing_func = func.inner
-        return self.unet
 
 
 def make_prunable(unet: nn.Module, depth: DepthLayout = "aptp", *, ffn_groups: int = 32) -> PrunableUNet:

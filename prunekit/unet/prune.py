@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import torch
 from torch import nn
 
+from ..pruned_weights import SliceMap, differing_entries, load_sliced
 from .inventory import DepthLayout, Inventory, Layer, build_inventory, ffn_inner_dim
 from .pruned_modules import (
     AttentionBiasOnly,
@@ -29,9 +30,6 @@ from .pruned_modules import (
 
 if TYPE_CHECKING:
     from .pruned_model import PrunedUNet2DConditionModel
-
-# target state-dict key -> (source key, dim to slice along or None, indices or None)
-SliceMap = dict[str, tuple[str, int | None, torch.Tensor | None]]
 
 _M = TypeVar("_M", bound=nn.Module)
 
@@ -280,12 +278,10 @@ def physically_prune(model: nn.Module, mask: Any, *, round_to: int | None = None
     source = unet.state_dict()
     # Checked first: the architecture is rebuilt from the config, so the model must be what it describes.
     pruned = meta_skeleton(unet.config, type(unet).__name__)
-    reference = pruned.state_dict()
-    mismatched = [k for k in source if k not in reference or reference[k].shape != source[k].shape]
-    missing = [k for k in reference if k not in source]
-    if mismatched or missing:
+    differing = differing_entries(source, pruned.state_dict())
+    if differing:
         raise ValueError("the model does not match a U-Net built from its config (already pruned or modified?); "
-                         f"differing entries: {(mismatched + missing)[:5]}")
+                         f"differing entries: {differing[:5]}")
     _, inventory = _resolve(model, depth, ffn_groups)
     keep, _ = hard_mask(mask, inventory.num_units)
     if round_to is not None:
@@ -294,20 +290,6 @@ def physically_prune(model: nn.Module, mask: Any, *, round_to: int | None = None
     # The result is a PrunedUNet2DConditionModel: its config says how it was cut, so it saves and loads
     # through diffusers' own loader.
     pruned = pruned_skeleton(cast(Mapping[str, Any], unet.config), pruning_entry(inventory, keep, round_to=round_to))
-    state: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for key in pruned.state_dict():
-            src_key, dim, index = slices.get(key, (key, None, None))
-            tensor = source[src_key]
-            if dim is not None:
-                assert index is not None  # a sliced entry always carries its indices
-                state[key] = tensor.index_select(dim, index.to(tensor.device))
-            else:
-                state[key] = tensor.clone()
-    pruned.load_state_dict(state, strict=True, assign=True)
-    source_params = dict(unet.named_parameters())
-    for name, param in pruned.named_parameters():
-        param.requires_grad_(source_params[slices.get(name, (name, None, None))[0]].requires_grad)
-    pruned.train(unet.training)
+    load_sliced(pruned, unet, source, slices)
     return pruned
 

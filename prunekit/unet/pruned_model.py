@@ -17,8 +17,6 @@ class restores the real value, kept in ``pruning``, when it reads the file.
 
 from __future__ import annotations
 
-import inspect
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +24,8 @@ import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # mypy: top-level names are dummies
 from torch import nn
 
+from .. import pruned_config
+from ..pruned_config import PrunedConfigMixin, expose_pruned_class
 from .inventory import Inventory, build_inventory
 from .prune import apply_structure, hard_mask
 
@@ -62,13 +62,6 @@ def pruning_entry(inventory: Inventory, mask: Any, *, round_to: int | None = Non
     }
 
 
-def _mask_of(pruning: Mapping[str, Any]) -> torch.Tensor:
-    bits = pruning.get("mask")
-    if not isinstance(bits, str) or set(bits) - {"0", "1"}:
-        raise ValueError("pruning.mask must be a string of 0/1 characters, one per unit")
-    return torch.tensor([c == "1" for c in bits], dtype=torch.bool)
-
-
 def _reset_parameters(model: nn.Module) -> None:
     # PyTorch's default initialisation, module by module: what the stock constructor would have done.
     for module in model.modules():
@@ -80,7 +73,7 @@ def _reset_parameters(model: nn.Module) -> None:
                 nn.init.zeros_(param)
 
 
-class PrunedUNet2DConditionModel(UNet2DConditionModel):
+class PrunedUNet2DConditionModel(PrunedConfigMixin, UNet2DConditionModel):
     """A ``UNet2DConditionModel`` with channels, heads, FFN groups or whole blocks removed.
 
     Takes every argument of ``UNet2DConditionModel`` (the dense architecture) plus ``pruning`` (see
@@ -89,80 +82,37 @@ class PrunedUNet2DConditionModel(UNet2DConditionModel):
     PyTorch's default initialisation on the default device.
     """
 
+    pruning_format = PRUNING_FORMAT
+
     def __init__(self, *args: Any, pruning: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        if pruning is None:
-            raise ValueError("PrunedUNet2DConditionModel needs a `pruning` entry (written by prunekit)")
-        if pruning.get("format") != PRUNING_FORMAT:
-            raise ValueError(f"unsupported pruning format {pruning.get('format')!r} (expected {PRUNING_FORMAT})")
+        pruning = self._require_pruning(pruning)
         target = torch.get_default_device()
         with torch.device("meta"):
             super().__init__(*args, **kwargs)
-        # Index arithmetic on the CPU whatever the default device; the new modules are made on meta.
-        with torch.device("cpu"):
-            inventory = build_inventory(self, list(pruning["depth"]), ffn_groups=int(pruning["ffn_groups"]))
-            keep = _mask_of(pruning)
-            if keep.numel() != inventory.num_units:
-                raise ValueError(f"pruning.mask has {keep.numel()} units but this architecture has "
-                                 f"{inventory.num_units}")
-            expected = pruning_entry(inventory, keep, round_to=pruning.get("round_to"))
-            for key in ("kept", "dropped_blocks"):
-                if key in pruning and pruning[key] != expected[key]:
-                    raise ValueError(f"pruning.{key} does not match pruning.mask (edited by hand?)")
-            apply_structure(self, inventory, keep)
-        self.register_to_config(pruning=dict(pruning))
+        self._narrow(pruning, list(pruning["depth"]), build_inventory=build_inventory,
+                     pruning_entry=pruning_entry, apply_structure=apply_structure)
         if target.type != "meta":
             self.to_empty(device=target)
             with torch.no_grad():
                 _reset_parameters(self)
 
     @classmethod
-    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
-        pruning = config_dict.get("pruning")
-        if isinstance(pruning, Mapping) and "down_block_types" in pruning:
-            config_dict = dict(config_dict)
-            restored = dict(pruning)
-            config_dict["down_block_types"] = restored.pop("down_block_types")
-            config_dict["pruning"] = restored
-        return super().extract_init_dict(config_dict, **kwargs)
+    def marker_key(cls) -> str:
+        # The stock constructor checks it first, before allocating anything.
+        return "down_block_types"
 
-    def to_json_string(self) -> str:
-        data = json.loads(super().to_json_string())
-        pruning = dict(data.get("pruning") or {})
-        pruning["down_block_types"] = data["down_block_types"]
-        data["pruning"] = pruning
-        data["down_block_types"] = [STOCK_MARKER]
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-    @property
-    def pruning(self) -> dict[str, Any]:
-        return dict(self.config["pruning"])
+    def stock_marker(self) -> list[str]:
+        return [STOCK_MARKER]
 
     @property
     def dense_config(self) -> dict[str, Any]:
         """The config of the U-Net this one was pruned from (a stock ``UNet2DConditionModel`` config)."""
         return {k: v for k, v in dict(self.config).items() if k != "pruning"}
 
-    @property
-    def keep_mask(self) -> torch.Tensor:
-        return _mask_of(self.config["pruning"])
 
-
-# diffusers reads the constructor's signature to know which config keys it takes: the dense model's
-# parameters plus `pruning`.
-_dense_params = [p for name, p in inspect.signature(UNet2DConditionModel.__init__).parameters.items()]
-PrunedUNet2DConditionModel.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [*_dense_params, inspect.Parameter("pruning", inspect.Parameter.KEYWORD_ONLY, default=None)])
+expose_pruned_class(PrunedUNet2DConditionModel, UNet2DConditionModel)
 
 
 def pruned_skeleton(dense_config: Mapping[str, Any], pruning: Mapping[str, Any]) -> PrunedUNet2DConditionModel:
     """The pruned architecture on the meta device (no weights)."""
-    config = {k: v for k, v in dict(dense_config).items() if k != "pruning"}
-    with torch.device("meta"):
-        model = PrunedUNet2DConditionModel.from_config({**config, "pruning": dict(pruning)})
-    assert isinstance(model, PrunedUNet2DConditionModel)
-    return model
-
-
-# Saved pipelines name a component by (module, class); the stable public name keeps folders loadable
-# when the implementation moves (`prunekit` resolves it lazily).
-PrunedUNet2DConditionModel.__module__ = "prunekit"
+    return pruned_config.pruned_skeleton(PrunedUNet2DConditionModel, dense_config, pruning)

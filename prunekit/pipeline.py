@@ -36,7 +36,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from prunekit.conditioning import denoiser_of
+from prunekit.conditioning import call_kwargs, denoiser_of
 from prunekit.mixture_models import ExpertUNets, PromptRouter
 
 # Text encoders and tokenizers beyond SD's one: SDXL's second (CLIP-G), SD3's second and third (T5).
@@ -297,8 +297,10 @@ class PromptRoutedPipeline(DiffusionPipeline):
                     call["latents"] = latents[images]
                 if offloading:
                     self.experts[expert].to(device)
+                pipe = self.expert_pipeline(expert)
+                call = {**call_kwargs(pipe), **call}  # e.g. the text length the experts were trained with
                 try:
-                    out = self.expert_pipeline(expert)(**call)
+                    out = pipe(**call)
                 finally:
                     if offloading:
                         self.experts[expert].to("cpu")

@@ -178,8 +178,9 @@ class DenseFinetune:
         trained: Any = denoiser
         if cfg.train_text_encoder:
             if conditioning.family != "sd":
-                raise ValueError(f"method.train_text_encoder: SD 1.x / 2.x pipelines only (this one is {conditioning.family}: "
-                                 "its text encoders stay frozen; set method.train_text_encoder=false)")
+                raise ValueError(f"method.train_text_encoder: SD 1.x / 2.x pipelines only (this one is "
+                                 f"{conditioning.family}: its text encoders stay frozen; set "
+                                 "method.train_text_encoder=false)")
             tok = pipeline.tokenizer
             empty_ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
             text_encoder.requires_grad_(True)

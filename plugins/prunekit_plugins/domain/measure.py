@@ -15,7 +15,8 @@ from typing import Any
 
 
 def generate(pipeline: Any, prompts: list[str], *, steps: int, guidance: float, seed: int, batch: int = 16) -> Any:
-    """uint8 (N, 3, H, W) teacher samples with the pipeline's own scheduler (PNDM; the DiT teacher's flow-matching Euler)."""
+    """uint8 (N, 3, H, W) teacher samples with the pipeline's own scheduler (PNDM; the DiT teacher's
+    flow-matching Euler)."""
     import torch
 
     from prunekit.conditioning import call_kwargs

@@ -160,10 +160,10 @@ def build_embedded_dit_random(config: EmbeddedDiTRandomConfig) -> Any:
     )
     # No T5 and no zero tokens in its place: every prunekit call passes max_sequence_length=0.
     transformer.register_to_config(**{SEQUENCE_LENGTH_KEY: 0})
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=config.shift)
     pipeline = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=config.shift),
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2, text_encoder_3=None, tokenizer_3=None,
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, text_encoder_3=None, tokenizer_3=None,
     )
     # mypy resolves diffusers' top-level pipeline classes to their dummy (no-torch) classes.
     pipeline.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]

@@ -13,6 +13,11 @@ A :class:`Conditioning` answers two questions for one pipeline family:
 Prompts are encoded with the pipeline's own ``encode_prompt`` (SDXL, SD3, PixArt, Flux), so training
 sees what generation feeds the denoiser. SD 1.x / 2.x keep their single ``text`` column, computed as
 before, so their encoded folders are unchanged.
+
+A transformer may record in its config the ``max_sequence_length`` its pipeline is called with
+(:data:`SEQUENCE_LENGTH_KEY`; the embedded DiT teacher, an SD3 pipeline without T5 trained on its CLIP
+tokens alone: 0 zero tokens in T5's place instead of diffusers' default 256). :func:`call_kwargs` gives
+it to every prunekit call of such a pipeline: encoding, generation, latency, the mixture's experts.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ Family = Literal["sd", "sdxl", "sd3", "pixart", "flux"]
 # The transformer sample sizes PixArt's pipelines have aspect-ratio bins for (256, 512, 1024, 2048 px).
 PIXART_BINNED_SAMPLE_SIZES = (32, 64, 128, 256)
 
+#: A transformer config key (diffusers keeps ``_``-prefixed keys through save / load and ``from_config``,
+#: so pruned experts inherit it) naming the ``max_sequence_length`` its pipeline must be called with.
+SEQUENCE_LENGTH_KEY = "_max_sequence_length"
+
 
 def denoiser_of(pipeline: Any) -> Any:
     """The pipeline's denoiser: ``unet`` for U-Net pipelines, ``transformer`` otherwise."""
@@ -36,6 +45,21 @@ def denoiser_of(pipeline: Any) -> Any:
     if model is None:
         raise ValueError(f"{type(pipeline).__name__} has neither a `unet` nor a `transformer`")
     return model
+
+
+def call_kwargs(pipeline: Any) -> dict[str, Any]:
+    """Keyword arguments every call of ``pipeline`` (a diffusers text-to-image pipeline, or one of its
+    ``encode_prompt``) needs besides the prompts and the sampler settings: ``max_sequence_length`` when
+    its transformer records one (:data:`SEQUENCE_LENGTH_KEY`), else none (diffusers' defaults)."""
+    config = getattr(getattr(pipeline, "transformer", None), "config", None)
+    length = config.get(SEQUENCE_LENGTH_KEY) if config is not None else None
+    if length is None:
+        return {}
+    import inspect
+
+    if "max_sequence_length" not in inspect.signature(type(pipeline).__call__).parameters:
+        return {}
+    return {"max_sequence_length": int(length)}
 
 
 def family_of_pipeline(pipeline: Any) -> Family:
@@ -121,13 +145,14 @@ class Conditioning:
             out = {"text": text, "pooled": pooled, "time_ids": ids}
         elif self.family == "sd3":
             text, _, pooled, _ = pipeline.encode_prompt(prompts, None, None, device=device,
-                                                        do_classifier_free_guidance=False)
+                                                        do_classifier_free_guidance=False, **call_kwargs(pipeline))
             out = {"text": text, "pooled": pooled}
         elif self.family == "pixart":
-            text, mask, _, _ = pipeline.encode_prompt(prompts, do_classifier_free_guidance=False, device=device)
+            text, mask, _, _ = pipeline.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
+                                                      **call_kwargs(pipeline))
             out = {"text": text, "text_mask": mask}
         else:  # flux
-            text, pooled, _ = pipeline.encode_prompt(prompts, None, device=device)
+            text, pooled, _ = pipeline.encode_prompt(prompts, None, device=device, **call_kwargs(pipeline))
             out = {"text": text, "pooled": pooled}
         return {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
 

@@ -58,13 +58,32 @@ def dtype_keyword() -> str:
     return "dtype" if _diffusers_reads_dtype() else "torch_dtype"
 
 
+def saved_without(folder: str | Path) -> dict[str, None]:
+    """The required components a pipeline folder was saved without (``[null, null]`` in its
+    ``model_index.json``, e.g. SD3's T5 ``text_encoder_3`` / ``tokenizer_3``), each as None: diffusers
+    refuses to load such a folder unless they are passed."""
+    import json
+
+    import diffusers
+
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    pipeline_class = getattr(diffusers, str(index.get("_class_name")), None)
+    optional = set(getattr(pipeline_class, "_optional_components", None) or [])
+    return {name: None for name, value in index.items()
+            if not name.startswith("_") and value == [None, None] and name not in optional}
+
+
 def load_pipeline(ref: str, *, override: str = "model.path", dtype: str = "float32", **kwargs: Any) -> Any:
-    """``DiffusionPipeline.from_pretrained`` of a local folder or a cached hub id."""
+    """``DiffusionPipeline.from_pretrained`` of a local folder or a cached hub id (components it was
+    saved without load as None)."""
     import torch
     from diffusers import DiffusionPipeline
 
     location, local_only = resolve_pretrained(ref, override=override)
     key = dtype_keyword()
     return DiffusionPipeline.from_pretrained(
-        location, local_files_only=local_only, **{key: getattr(torch, dtype)}, **kwargs
+        location, local_files_only=local_only, **{key: getattr(torch, dtype)}, **{**saved_without(location), **kwargs}
     )

@@ -37,7 +37,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from prunekit.conditioning import Conditioning, denoiser_of, family_of_denoiser
+from prunekit.conditioning import Conditioning, call_kwargs, denoiser_of, family_of_denoiser
 from prunekit.mixture_models import ExpertUNets, PromptRouter
 
 # Text encoders and tokenizers beyond SD's one: SDXL's second (CLIP-G), SD3's second and third (T5),
@@ -315,8 +315,10 @@ class PromptRoutedPipeline(DiffusionPipeline):
                     call["latents"] = latents[images]
                 if offloading:
                     self.experts[expert].to(device)
+                pipe = self.expert_pipeline(expert)
+                call = {**call_kwargs(pipe), **call}  # e.g. the text length the experts were trained with
                 try:
-                    out = self.expert_pipeline(expert)(**call)
+                    out = pipe(**call)
                 finally:
                     if offloading:
                         self.experts[expert].to("cpu")

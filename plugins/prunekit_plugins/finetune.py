@@ -1,9 +1,13 @@
-"""``dense_finetune``: fine-tune the unpruned U-Net with the recipe's losses (the reference row
-of every comparison, and the smallest complete training run).
+"""``dense_finetune``: fine-tune the unpruned denoiser (U-Net or transformer) with the recipe's losses
+(the reference row of every comparison, and the smallest complete training run).
 
 The same method pre-trains a model from scratch (``recipes/tiny/pretrain.yaml``): ``vae_steps``
 first trains the autoencoder on the dataset's images, and ``train_text_encoder`` trains the text
-encoder jointly with the U-Net.
+encoder jointly with the U-Net (SD 1.x / 2.x). With ``vae_steps: 0`` (the default) the model's own
+autoencoder is used as it is, frozen: ``recipes/tiny/pretrain_dit.yaml`` trains the DiT teacher's
+transformer alone on the U-Net teacher's trained autoencoder and text encoder. Noise, timesteps and
+targets follow the scheduler's family (:mod:`prunekit.objectives`: DDPM or flow matching) and the
+denoiser is called as its family conditions it (:mod:`prunekit.conditioning`).
 """
 
 from __future__ import annotations
@@ -145,12 +149,14 @@ class DenseFinetune:
         vae.requires_grad_(False)
         vae.eval()
 
-    # -- U-Net (and text encoder) -----------------------------------------------------------------
+    # -- denoiser (and text encoder) -------------------------------------------------------------
 
     def _finetune(self, run: Any, pipeline: Any) -> dict[str, Any]:
         import torch
 
-        from prunekit.data import encode_prompts, open_encoded
+        from prunekit import objectives
+        from prunekit.conditioning import conditioning_for, denoiser_of
+        from prunekit.data import open_encoded
         from prunekit.engine import micro_batch_indices, train
         from prunekit.engine_config import EngineConfig
         from prunekit.losses import LossInputs
@@ -159,51 +165,65 @@ class DenseFinetune:
         cfg = self.config
         engine_cfg = EngineConfig(**run.recipe.data["engine"])
         data = open_encoded(run)
-        empty = encode_prompts(pipeline, [""])[0]
+        conditioning = conditioning_for(pipeline)  # SD's U-Net, SDXL, SD3 / PixArt / Flux transformers
         losses = run.build_all("losses")
-        unet, scheduler, text_encoder = pipeline.unet, pipeline.scheduler, pipeline.text_encoder
-        for module in (pipeline.vae, text_encoder):
-            module.requires_grad_(False)
-        unet.requires_grad_(True)
+        denoiser, scheduler, text_encoder = denoiser_of(pipeline), pipeline.scheduler, pipeline.text_encoder
+        for module in (pipeline.vae, text_encoder, getattr(pipeline, "text_encoder_2", None),
+                       getattr(pipeline, "text_encoder_3", None)):
+            if module is not None:
+                module.requires_grad_(False)
+        denoiser.requires_grad_(True)
         n = len(data.prompts)
         seed = int(run.recipe.data.get("seed", 0))
-        trained: Any = unet
+        trained: Any = denoiser
         if cfg.train_text_encoder:
+            if conditioning.family != "sd":
+                raise ValueError(f"method.train_text_encoder: SD 1.x / 2.x pipelines only (this one is "
+                                 f"{conditioning.family}: its text encoders stay frozen; set "
+                                 "method.train_text_encoder=false)")
             tok = pipeline.tokenizer
             empty_ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
             text_encoder.requires_grad_(True)
             text_encoder.train()
-            trained = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+            trained = torch.nn.ModuleDict({"unet": denoiser, "text_encoder": text_encoder})
+        columns = list(conditioning.columns)
+        # The empty prompt's columns, encoded as the dataset was (classifier-free guidance's unconditional
+        # input); size ids stay each sample's own.
+        empty = {k: v[0] for k, v in conditioning.encode(pipeline, [""], [(0, 0)]).items() if k != "time_ids"}
 
-        reader = RowPrefetcher(data, ["latents"] if cfg.train_text_encoder else ["latents", "text"],
+        reader = RowPrefetcher(data, ["latents"] if cfg.train_text_encoder else ["latents", *columns],
                                lambda index: micro_batch_indices(n, engine_cfg.micro_batch, index, seed))
 
         def batch_fn(index: int) -> dict[str, torch.Tensor]:
             idx = micro_batch_indices(n, engine_cfg.micro_batch, index, seed)
             rows = reader.rows(index)
+            cond: dict[str, torch.Tensor]
             if cfg.train_text_encoder:
-                cond = tok([data.prompts[i] for i in idx], padding="max_length", max_length=tok.model_max_length,
-                           truncation=True, return_tensors="pt").input_ids
+                cond = {"ids": tok([data.prompts[i] for i in idx], padding="max_length", max_length=tok.model_max_length,
+                                   truncation=True, return_tensors="pt").input_ids}
             else:
-                cond = rows["text"]
+                cond = {k: rows[k] for k in columns}
             if cfg.cond_dropout > 0:  # drawn here, on the CPU, with the micro-batch's RNG state
-                drop = torch.rand(len(cond)) < cfg.cond_dropout
+                drop = torch.rand(len(rows["latents"])) < cfg.cond_dropout
                 if cfg.train_text_encoder:
-                    cond = torch.where(drop[:, None], empty_ids.expand_as(cond), cond)
+                    cond["ids"] = torch.where(drop[:, None], empty_ids.expand_as(cond["ids"]), cond["ids"])
                 else:
-                    cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
+                    for k, value in empty.items():
+                        mask = drop.reshape(-1, *([1] * (cond[k].dim() - 1)))
+                        cond[k] = torch.where(mask, value.expand_as(cond[k]), cond[k])
             latents = rows["latents"]
-            return {"latents": latents, "cond": cond, "noise": torch.randn_like(latents),
-                    "timesteps": torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))}
+            return {"latents": latents, **{f"cond_{k}": v for k, v in cond.items()}, "noise": torch.randn_like(latents),
+                    "timesteps": objectives.draw_timesteps(scheduler, len(latents))}
 
         def loss_fn(model: Any, batch: dict[str, torch.Tensor], step: int):
-            latents, cond, noise, t = batch["latents"], batch["cond"], batch["noise"], batch["timesteps"]
+            latents, noise, t = batch["latents"], batch["noise"], batch["timesteps"]
+            cond = {k[len("cond_"):]: v for k, v in batch.items() if k.startswith("cond_")}
             denoiser = model
             if cfg.train_text_encoder:
-                cond = model["text_encoder"](cond)[0]
+                cond = {"text": model["text_encoder"](cond["ids"])[0]}
                 denoiser = model["unet"]
-            noisy = scheduler.add_noise(latents, noise, t)
-            pred = denoiser(noisy, t, encoder_hidden_states=cond).sample
+            noisy = objectives.add_noise(scheduler, latents, noise, t)
+            pred = conditioning.call(denoiser, noisy, t, cond)
             inputs = LossInputs(pred=pred, noise=noise, latents=latents, timesteps=t, scheduler=scheduler)
             parts = {name: loss(inputs) for name, loss in losses.items()}
             return sum(parts.values()), {f"loss_{k}": float(v.detach()) for k, v in parts.items()}

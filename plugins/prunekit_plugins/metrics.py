@@ -379,6 +379,7 @@ class Latency:
     def __call__(self, batch: Any) -> dict[str, Any]:
         import torch
 
+        from prunekit.conditioning import call_kwargs
         from prunekit.evaluation import expert_pipeline, is_routed
 
         cfg = self.config
@@ -406,7 +407,7 @@ class Latency:
                 if cuda:
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-                candidate(chunk, **kwargs)
+                candidate(chunk, **kwargs, **call_kwargs(candidate))
                 if cuda:
                     torch.cuda.synchronize()
                 if round_ >= cfg.warmup:

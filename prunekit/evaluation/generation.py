@@ -172,6 +172,8 @@ def _batch_caller(pipeline: Any, config: EvalConfig) -> tuple[Callable[[list[str
     import numpy as np
     import torch
 
+    from prunekit.conditioning import call_kwargs
+
     pipe = with_scheduler(pipeline, config.scheduler)
     routed = is_routed(pipe)
     size = config.resolution or native_resolution(pipe)
@@ -188,7 +190,7 @@ def _batch_caller(pipeline: Any, config: EvalConfig) -> tuple[Callable[[list[str
             experts: list[int] | None = [int(e) for e in out.experts]
         else:
             generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-            out = pipe(chunk, generator=generators, **kwargs)
+            out = pipe(chunk, generator=generators, **kwargs, **call_kwargs(pipe))
             experts = None
         arrays = [np.clip(np.round(np.asarray(img, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
                   for img in out.images]

@@ -1,7 +1,9 @@
 """The embedded domain: a synthetic captioned-image domain, its classifier and its shipped teacher.
 
-Registers the dataset ``embedded_domain``, the models ``embedded`` (the shipped teacher) and
-``embedded_random`` (the teacher's architecture, randomly initialised), the method
+Registers the dataset ``embedded_domain``, the models ``embedded`` (the shipped teacher),
+``embedded_random`` (the teacher's architecture, randomly initialised), ``embedded_dit`` (the
+transformer teacher, an SD3-shaped pipeline) and ``embedded_dit_random`` (its architecture with a random
+transformer and the U-Net teacher's trained VAE and text encoder), the method
 ``train_domain_classifier`` and the metrics ``domain_alignment`` and ``domain_fid``. See docs/domain.md.
 """
 
@@ -22,6 +24,12 @@ from prunekit_plugins.domain.teacher import (
     build_embedded,
     build_embedded_random,
 )
+from prunekit_plugins.domain.teacher_dit import (
+    EmbeddedDiTConfig,
+    EmbeddedDiTRandomConfig,
+    build_embedded_dit,
+    build_embedded_dit_random,
+)
 from prunekit_plugins.domain.train_classifier import TrainClassifierConfig, TrainDomainClassifier
 
 __all__ = ["attributes_for_prompt", "complexity_of"]
@@ -35,6 +43,10 @@ def prunekit_register_components(register) -> None:
              doc="The shipped teacher trained on the embedded domain (tiny SD-shaped pipeline, offline)")
     register("model", "embedded_random", build_embedded_random, schema=EmbeddedRandomConfig,
              doc="The embedded teacher's architecture, randomly initialised, with the domain tokenizer")
+    register("model", "embedded_dit", build_embedded_dit, schema=EmbeddedDiTConfig,
+             doc="The transformer teacher of the embedded domain (tiny SD3-shaped pipeline, flow matching, offline)")
+    register("model", "embedded_dit_random", build_embedded_dit_random, schema=EmbeddedDiTRandomConfig,
+             doc="The DiT teacher's architecture: random SD3 transformer, the U-Net teacher's VAE and text encoder")
     register("method", "train_domain_classifier", TrainDomainClassifier, schema=TrainClassifierConfig,
              doc="Train the embedded domain's slot classifier (alignment judge and FID features)")
     register("metric", "domain_alignment", build_domain_alignment, schema=DomainMetricConfig,

@@ -15,14 +15,18 @@ from typing import Any
 
 
 def generate(pipeline: Any, prompts: list[str], *, steps: int, guidance: float, seed: int, batch: int = 16) -> Any:
-    """uint8 (N, 3, H, W) teacher samples with the pipeline's own (PNDM) scheduler."""
+    """uint8 (N, 3, H, W) teacher samples with the pipeline's own scheduler (PNDM; the DiT teacher's
+    flow-matching Euler)."""
     import torch
+
+    from prunekit.conditioning import call_kwargs
 
     images = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
         generators = [torch.Generator().manual_seed(seed + start + k) for k in range(len(chunk))]
-        out = pipeline(chunk, num_inference_steps=steps, guidance_scale=guidance, output_type="pt", generator=generators)
+        out = pipeline(chunk, num_inference_steps=steps, guidance_scale=guidance, output_type="pt", generator=generators,
+                       **call_kwargs(pipeline))
         images.append((out.images.clamp(0, 1) * 255).round().to(torch.uint8))
     return torch.cat(images)
 

@@ -317,6 +317,57 @@ points:
     assert "| nothing | nothing | dense_finetune | failed |" in table and "left no run in" in table
 
 
+def test_jobs_run_points_side_by_side_and_record_every_one(tmp_path):
+    """With jobs: 2 two points' processes overlap in time, never more than two at once, and every
+    point is recorded from its own run directory; the state file stays readable throughout."""
+    launcher = _write(tmp_path / "launcher.py", """
+import json, os, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+out = Path(args[args.index("--output") + 1])
+with open(os.environ["SPANS"], "a") as spans:
+    spans.write(f"start {time.time()}\\n")
+time.sleep(1.0)
+out.mkdir(parents=True)
+(out / "recipe.yaml").write_text("name: x\\n")
+lr = [a for a in args if a.startswith("method.lr=")][0].split("=")[1]
+(out / "metrics.json").write_text(json.dumps({"lr_seen": float(lr)}))
+(out / "run.json").write_text(json.dumps({"status": "completed"}))
+with open(os.environ["SPANS"], "a") as spans:
+    spans.write(f"end {time.time()}\\n")
+""")
+    sweep_file = _write(tmp_path / "jobs.yaml", f"""
+name: jobs
+base: {DENSE}
+overrides: {json.dumps(ONE_STEP)}
+launcher: {{command: [{sys.executable}, {launcher}], jobs: 2}}
+grid: {{method.lr: [0.1, 0.2, 0.3, 0.4]}}
+metrics: [lr_seen]
+""")
+    os.environ["SPANS"] = str(tmp_path / "spans.txt")
+    try:
+        out = run_sweep(sweep_file, output=tmp_path / "out")
+    finally:
+        del os.environ["SPANS"]
+    events = sorted((float(t), kind) for kind, t in (line.split() for line in (tmp_path / "spans.txt").read_text().splitlines()))
+    running, most = 0, 0
+    for _, kind in events:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2
+    state = json.loads((out / "sweep.json").read_text())
+    assert [p["status"] for p in state["points"]] == ["completed"] * 4
+    with open(out / "results.csv") as handle:
+        assert [float(r["lr_seen"]) for r in csv.DictReader(handle)] == [0.1, 0.2, 0.3, 0.4]
+    # the command-line option wins over the file; 0 jobs is refused before anything runs
+    with pytest.raises(ValueError, match="at least 1"):
+        run_sweep(sweep_file, output=tmp_path / "other", jobs=0)
+    assert not (tmp_path / "other").exists()
+    bad = _write(tmp_path / "bad.yaml", sweep_file.read_text().replace("jobs: 2", "jobs: 0"))
+    result = _sweep_cli(str(bad), "--dry-run")
+    assert result.returncode == 2 and "launcher.jobs: 0 must be at least 1" in result.stderr
+
+
 def test_summary_over_seeds_gives_mean_std_and_counts_only_finished_points():
     import statistics
 

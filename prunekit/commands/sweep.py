@@ -13,6 +13,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``prunekit sweep`` (added to its sub-parser)."""
     parser.add_argument("sweep", help="sweep YAML file")
@@ -21,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="skip completed points and resume interrupted ones (default); "
                              "--no-resume refuses an existing sweep directory")
+    parser.add_argument("--jobs", "-j", type=_positive, default=None,
+                        help="points run at once, each as its own process (default: launcher.jobs of the "
+                             "sweep file, 1); give each its share, e.g. engine.threads=1 on a CPU")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the sweep and every point's recipe, print the commands, run nothing")
 
@@ -39,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"{point.label or sweep.name}\t{sweep.shown_command(point)}")
         _say(f"{args.sweep}: valid ({len(sweep.points)} points, sweep directory {sweep.directory})")
         return 0
-    directory = run_sweep(args.sweep, output=args.output, resume=args.resume, overrides=args.overrides)
+    directory = run_sweep(args.sweep, output=args.output, resume=args.resume, overrides=args.overrides,
+                          jobs=getattr(args, "jobs", None))
     state = json.loads((directory / "sweep.json").read_text())
     return 0 if all(p["status"] == "completed" for p in state["points"]) else 1

@@ -1,14 +1,18 @@
-"""Running a sweep: :func:`run_sweep` validates it, takes each point through its states one after the
-other (skip a completed one, resume a started one, run a new one, record a failed one and go on) and
-writes the comparison; a point is launched in this process or as a ``prunekit run`` subprocess."""
+"""Running a sweep: :func:`run_sweep` validates it, takes each point through its states (skip a
+completed one, resume a started one, run a new one, record a failed one and go on) and writes the
+comparison; a point is launched in this process or as a ``prunekit run`` subprocess, and with
+``jobs`` > 1 up to that many subprocesses run at once (one thread each waits on its process; the
+sweep's state file is written under a lock)."""
 
 from __future__ import annotations
 
 import shlex
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +65,18 @@ def _run_subprocess(sweep: Sweep, point: SweepPoint, resume: bool) -> str | None
 
 
 def run_sweep(path: str | Path, *, output: str | Path | None = None, resume: bool = True,
-              overrides: Sequence[str] = ()) -> Path:
-    """Validate the sweep, run its points one after the other, write the comparison; returns the
-    sweep directory. ``resume=False`` refuses a sweep directory that already holds points;
-    ``overrides`` apply to every point (give the same ones when continuing a sweep)."""
+              overrides: Sequence[str] = (), jobs: int | None = None) -> Path:
+    """Validate the sweep, run its points, write the comparison; returns the sweep directory.
+    ``resume=False`` refuses a sweep directory that already holds points; ``overrides`` apply to every
+    point (give the same ones when continuing a sweep); ``jobs`` (default: the file's
+    ``launcher.jobs``) points run at once as subprocesses, in the file's order."""
     from prunekit.registry import get_registry
 
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
     registry = get_registry()
     sweep = load_sweep(path, output=output, overrides=overrides, registry=registry)
+    jobs = sweep.launcher.jobs if jobs is None else jobs
     problems = preflight_points(sweep, registry)
     if problems:
         raise MissingPathError("\n".join(problems))
@@ -88,10 +96,30 @@ def run_sweep(path: str | Path, *, output: str | Path | None = None, resume: boo
     records = [_record(sweep, p, earlier.get(p.label, {})) for p in sweep.points]
     _write_state(sweep, records)
     total = len(sweep.points)
+    lock = threading.Lock()
+
+    parallel = jobs > 1
+
+    def save() -> None:
+        with lock:  # dict() copies each record in one step, while other points' threads update theirs
+            _write_state(sweep, [dict(r) for r in records])
+
+    def one(i: int) -> None:
+        _run_point(sweep, sweep.points[i], records[i], f"[{i + 1}/{total}]", registry, save,
+                   subprocess=parallel)
+        save()
+
     try:
-        for i, (point, record) in enumerate(zip(sweep.points, records), start=1):
-            _run_point(sweep, point, record, f"[{i}/{total}]", registry, lambda: _write_state(sweep, records))
-            _write_state(sweep, records)
+        if not parallel:
+            for i in range(total):
+                one(i)
+        else:
+            pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="sweep-point")
+            try:
+                for future in [pool.submit(one, i) for i in range(total)]:
+                    future.result()
+            finally:  # Ctrl-C reaches the points' processes too; start no further point
+                pool.shutdown(wait=True, cancel_futures=True)
     except KeyboardInterrupt:
         for record in records:
             if record["status"] == "running":
@@ -109,7 +137,7 @@ def run_sweep(path: str | Path, *, output: str | Path | None = None, resume: boo
 
 
 def _run_point(sweep: Sweep, point: SweepPoint, record: dict[str, Any], counter: str, registry: Any,
-               save: Callable[[], None]) -> None:
+               save: Callable[[], None], *, subprocess: bool = False) -> None:
     from prunekit.run import check_run_dir, refuse_if_locked
 
     label = point.label or sweep.name
@@ -140,7 +168,7 @@ def _run_point(sweep: Sweep, point: SweepPoint, record: dict[str, Any], counter:
     record.update(status="running", error=None)
     save()
     start = time.perf_counter()
-    if sweep.launcher.mode == "subprocess":
+    if subprocess or sweep.launcher.mode == "subprocess":
         error = _run_subprocess(sweep, point, resume)
     else:
         error = _run_inprocess(point, resume, registry)

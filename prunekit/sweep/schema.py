@@ -43,6 +43,9 @@ class LauncherSpec:
     command: list[str] | None = option(
         None, help="how a point is launched, e.g. [torchrun, --nproc_per_node=8, -m, prunekit] "
                    "(default: this Python, -m prunekit)")
+    jobs: int = option(
+        1, help="points run at once, each as its own COMMAND process (jobs > 1 implies subprocess); "
+                "give each its share of the machine, e.g. engine.threads, or CUDA_VISIBLE_DEVICES in COMMAND")
 
 
 @dataclass
@@ -287,6 +290,8 @@ def load_sweep(path: str | Path, *, output: str | Path | None = None, overrides:
     name = spec.name or path.stem
     directory = Path(output) if output is not None else Path(spec.output_dir) / name
     columns = _metric_columns(list(usable.get("metrics") or []), problems)
+    if spec.launcher.jobs < 1:
+        problems.append(f"launcher.jobs: {spec.launcher.jobs} must be at least 1")
     raw_points = list(usable.get("points") or [])
     if not raw_points:
         if spec.base is None and not raw.get("points"):

@@ -4,7 +4,14 @@ The cost is the recipe's budget (``cost_of(mask)`` and ``dense``, :class:`prunek
 or a MAC model (called on the mask). Greedy on that exact cost: remove the lowest-scoring removable unit anywhere in the network
 until the MACs are at or below the target; then add back, highest score first, removed units that
 still fit, so the result lands just under the target instead of up to one unit's MACs below it.
-A width layer never loses its last unit. With ``round_to``, a width layer only takes kept counts
+A width layer never loses its last unit.
+
+Coarse units can still leave the result far below the target: in a small transformer one attention
+head may cost 10 % of the MACs (the joint softmax runs over hundreds of text tokens) while an FFN group
+costs 0.1 %, and once the greedy has removed a head it cannot add it back. With ``fill``, a result more
+than that fraction below the target is selected again, the removal skipping (for as long as other
+units remain) any step that would land below ``(1 - fill) * target``; the closer of the two results
+is kept. Results already within ``fill`` of the target are unchanged. With ``round_to``, a width layer only takes kept counts
 whose channel count is a multiple of ``round_to`` (or all its units), and removal steps move between
 those counts, scored by the mean score of the units they remove.
 """
@@ -58,18 +65,32 @@ def _step(group: _Group, scores: Any, direction: int) -> tuple[float, list[int]]
 
 
 def select_under_budget(cost_model: Any, inventory: Any, scores: Any, target_ratio: float, *,
-                        round_to: int | None = None) -> Selection:
+                        round_to: int | None = None, fill: float | None = None) -> Selection:
     """Keep the highest-scoring units whose cost (``cost_model``: a budget, or a MAC model) stays within
     ``target_ratio`` of the dense model's. Raises ``ValueError`` if even the smallest allowed
-    architecture is too big. ``Selection.macs`` is the cost in the budget's unit."""
-    import torch
-
+    architecture is too big. ``Selection.macs`` is the cost in the budget's unit. ``fill``: see the
+    module docstring (None: plain greedy)."""
     if hasattr(cost_model, "cost_of"):
         cost, unit = cost_model.cost_of, str(getattr(cost_model, "unit", "cost"))
     else:
         cost, unit = (lambda m: float(cost_model(m))), "MACs"
-    what = "MAC" if unit == "MACs" else "latency" if unit == "s" else unit
     dense = float(cost_model.dense)
+    target = target_ratio * dense
+    selection = _greedy(cost, unit, dense, inventory, scores, target_ratio, round_to, floor=None)
+    if fill is not None and selection.macs < (1 - fill) * target:
+        again = _greedy(cost, unit, dense, inventory, scores, target_ratio, round_to, floor=(1 - fill) * target)
+        if again.macs > selection.macs:
+            selection = again
+    return selection
+
+
+def _greedy(cost: Any, unit: str, dense: float, inventory: Any, scores: Any, target_ratio: float,
+            round_to: int | None, *, floor: float | None) -> Selection:
+    """Remove lowest-score steps until the cost is within the target, then add back what fits. With
+    ``floor``, a removal that would take the cost below it is put aside while other steps remain."""
+    import torch
+
+    what = "MAC" if unit == "MACs" else "latency" if unit == "s" else unit
     target = target_ratio * dense
     tolerance = 1e-9 * dense  # float64 sums of per-unit coefficients
     mask = torch.ones(inventory.num_units, dtype=torch.float64)
@@ -85,18 +106,30 @@ def select_under_budget(cost_model: Any, inventory: Any, scores: Any, target_rat
 
     for g in range(len(groups)):
         push(g, -1)
+    deferred: list[tuple[float, int, int]] = []
     while macs > target + tolerance:
+        if not heap and deferred:
+            # Only steps that undershoot the floor are left: take the lowest-scoring one after all.
+            heap, deferred = deferred, []
+            heapq.heapify(heap)
+            floor = None
         if not heap:
             raise ValueError(f"a {what} budget of {target_ratio:.4f} cannot be met: the smallest architecture this "
                              f"unit inventory allows costs {macs / dense:.4f} of the dense {what}")
-        _, g, kept = heapq.heappop(heap)
+        entry = heapq.heappop(heap)
+        _, g, kept = entry
         if groups[g].kept != kept:
             continue
         step = _step(groups[g], scores, -1)
         assert step is not None
-        mask[step[1]] = 0.0
+        trial = mask.clone()
+        trial[step[1]] = 0.0
+        trial_macs = float(cost(trial))
+        if floor is not None and trial_macs < floor - tolerance:
+            deferred.append(entry)
+            continue
+        mask, macs = trial, trial_macs
         groups[g].kept -= len(step[1])
-        macs = float(cost(mask))
         push(g, -1)
 
     heap = []

@@ -41,6 +41,9 @@ class NormConfig:
         "none", help="also score whole blocks as depth units (aptp: the paper's 14 on SD 2.1)")
     finetune: NormFinetuneConfig = field(default_factory=NormFinetuneConfig)
     round_to: int | None = option(None, ge=1, help="kept channels per layer a multiple of this (selection respects it)")
+    fill: float | None = option(
+        0.01, ge=0, lt=1, help="a selection more than this fraction under the budget is redone skipping removals that "
+                               "overshoot (coarse units, e.g. a small transformer's heads; null: plain greedy)")
     encode: EncodeConfig = field(default_factory=EncodeConfig)
 
 
@@ -85,7 +88,7 @@ class NormPruning:
         scores = unit_scores(l1, params, prunable.inventory, self.config.normalize)
         # The recipe's budget (MACs, measured latency, ...) is what the selection must meet.
         selection = select_under_budget(ctx.budget, prunable.inventory, scores, float(ctx.budget.target),
-                                        round_to=self.config.round_to)
+                                        round_to=self.config.round_to, fill=self.config.fill)
         mask = selection.mask
         # The single code is the selected architecture, so the exported mixture routes to it.
         router.set_mask(mask)

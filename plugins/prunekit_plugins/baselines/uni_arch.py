@@ -60,6 +60,9 @@ class UniArchConfig:
     finalize: Literal["threshold", "budget"] = option(
         "threshold", help="threshold: the gate's hard mask (the paper's); budget: the highest logits that "
                           "fit the MAC budget exactly (for short runs whose code has not polarised)")
+    fill: float | None = option(
+        0.01, ge=0, lt=1, help="finalize: budget: a selection more than this fraction under the budget is redone "
+                               "skipping removals that overshoot (as norm's; null: plain greedy)")
 
 
 class UniArch:
@@ -111,5 +114,5 @@ class UniArch:
 
         logits = router.codes.detach()[0].double().cpu()
         selection = select_under_budget(ctx.budget, ctx.prunable.inventory, logits, float(ctx.budget.target),
-                                        round_to=self.config.round_to)
+                                        round_to=self.config.round_to, fill=self.config.fill)
         return one_expert_routing(ctx, selection.mask)

@@ -5,9 +5,18 @@ A unit's L1 norm sums the absolute values of the weight matrices that physically
 rows it owns in its input projections and the columns it owns in its output projection.
 
 - ResNet channel group: conv1 output filters, time_emb_proj rows, conv2 input kernels;
-- attention head: to_q / to_k / to_v rows, to_out[0] columns;
-- FFN group: the GEGLU projection rows of both halves, net[2] columns;
-- depth unit (a whole ResNet / Transformer2D block): every conv and linear weight inside it.
+- attention head: to_q / to_k / to_v rows, to_out[0] columns; in a transformer's joint attention
+  (SD3, Flux double blocks) also the add_q_proj / add_k_proj / add_v_proj rows and to_add_out
+  columns of the text stream; in a Flux single block (no output projection of its own) its columns
+  of the block's shared ``proj_out``;
+- FFN group: the GEGLU (or GELU) projection rows of both halves, net[2] columns; a Flux single
+  block's MLP group: its proj_mlp rows and its columns of ``proj_out``;
+- depth unit (a whole ResNet / Transformer2D block, or transformer block): every conv and linear
+  weight inside it.
+
+These are exactly the weights physical pruning (``prunekit.unet.prune`` /
+``prunekit.transformer.prune``) removes with the unit, for U-Nets and PixArt / SD3 / Flux
+transformers alike.
 
 Biases and norm affine parameters are left out: they are not filters, and their scale (norm
 weights start at 1) says nothing about a unit's contribution.
@@ -31,17 +40,36 @@ from typing import Any, Literal
 Normalization = Literal["layer_mean", "param_count", "none"]
 
 
-def _unit_weights(module: Any, kind: str) -> list[tuple[Any, int]]:
-    """(weight, channel dim) pairs whose slices along ``channel dim`` belong to the layer's channels."""
+def _unit_weights(root: Any, path: str, kind: str) -> list[tuple[Any, int]]:
+    """(weight, channel dim) pairs whose slices along ``channel dim`` belong to the layer's channels,
+    for the width layer at ``path`` of ``root`` (a U-Net or a transformer)."""
+    import torch
+
+    module = root.get_submodule(path)
     if kind == "resnet_group":
         parts = [(module.conv1.weight, 0), (module.conv2.weight, 1)]
         if module.time_emb_proj is not None:
             parts.append((module.time_emb_proj.weight, 0))
         return parts
     if kind == "attn_head":
-        return [(module.to_q.weight, 0), (module.to_k.weight, 0), (module.to_v.weight, 0),
-                (module.to_out[0].weight, 1)]
+        parts = [(getattr(module, name).weight, 0)
+                 for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
+                 if getattr(module, name, None) is not None]
+        if getattr(module, "to_out", None) is not None:
+            parts.append((module.to_out[0].weight, 1))
+        else:  # a Flux single block: the heads are the first columns of the block's shared proj_out
+            inner = module.to_q.out_features
+            parts.append((_parent(root, path).proj_out.weight[:, :inner], 1))
+        if getattr(module, "to_add_out", None) is not None:
+            parts.append((module.to_add_out.weight, 1))
+        return parts
+    if isinstance(module, torch.nn.Linear):  # a Flux single block's proj_mlp: rows, and proj_out's last columns
+        return [(module.weight, 0), (_parent(root, path).proj_out.weight[:, -module.out_features:], 1)]
     return [(module.net[2].weight, 1)]
+
+
+def _parent(root: Any, path: str) -> Any:
+    return root.get_submodule(path.rpartition(".")[0])
 
 
 def _per_channel(weight: Any, dim: int) -> tuple[Any, int]:
@@ -53,23 +81,24 @@ def _per_channel(weight: Any, dim: int) -> tuple[Any, int]:
 
 
 def unit_l1_norms(prunable: Any) -> tuple[Any, Any]:
-    """(L1 norm, parameter count) of each unit of a ``PrunableUNet``, float64 tensors of shape (units,)."""
+    """(L1 norm, parameter count) of each unit of a ``PrunableUNet`` or ``PrunableTransformer``, float64
+    tensors of shape (units,)."""
     import torch
 
     from prunekit.unet.inventory import ffn_inner_dim
 
-    unet, inventory = prunable.unet, prunable.inventory
+    unet, inventory = prunable.unet, prunable.inventory  # a transformer's ``unet`` is its wrapped model
     l1 = torch.zeros(inventory.num_units, dtype=torch.float64)
     params = torch.zeros(inventory.num_units, dtype=torch.float64)
     for layer in inventory.width_layers:
         module = unet.get_submodule(layer.path)
         channel_l1 = torch.zeros(layer.channels, dtype=torch.float64)
         channel_params = 0
-        for weight, dim in _unit_weights(module, layer.kind):
+        for weight, dim in _unit_weights(unet, layer.path, layer.kind):
             values, count = _per_channel(weight, dim)
             channel_l1 += values
             channel_params += count
-        if layer.kind == "ffn_group":
+        if layer.kind == "ffn_group" and not isinstance(module, torch.nn.Linear):
             inner, gated = ffn_inner_dim(module)
             values, count = _per_channel(module.net[0].proj.weight, 0)
             # GEGLU stacks [value; gate] rows; a channel owns one row of each half.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prunekit import run_files
@@ -46,7 +47,17 @@ def one_expert_model_entry(ctx: PruningContext, metrics: dict[str, Any]) -> dict
     manifest = read_manifest(folder)
     entry = manifest["experts"][0]
     metrics["experts"] = [{**metrics["experts"][0], "macs": entry["macs"], "share": 1.0}]
-    metrics["model"] = {"path": str(folder / entry["path"]), "format": "diffusers.PrunedUNet2DConditionModel",
+    expert = folder / entry["path"]
+    metrics["model"] = {"path": str(expert), "format": f"diffusers.{_class_name(expert)}",
                         "macs": entry["macs"], "macs_ratio": entry["macs_ratio"],
                         "dense_macs": manifest["dense_macs"]}
     return metrics
+
+
+def _class_name(expert: Path) -> str:
+    """The diffusers class a saved expert loads as (``PrunedUNet2DConditionModel``, a ``Pruned*`` transformer)."""
+    import json
+
+    config = expert / "config.json"
+    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    return str(name or "PrunedUNet2DConditionModel")

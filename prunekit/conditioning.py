@@ -240,3 +240,13 @@ def _dtype_of(model: Any) -> torch.dtype | None:
 def conditioning_for(pipeline: Any) -> Conditioning:
     """The :class:`Conditioning` of a diffusers text-to-image pipeline."""
     return Conditioning(family_of_pipeline(pipeline))
+
+
+def text_length(pipeline: Any) -> int:
+    """The number of text tokens ``pipeline`` feeds its denoiser (the ``text`` column's length): the
+    tokenizer's maximum for SD 1.x / 2.x and SDXL, CLIP + T5 tokens for SD3 (zeros in T5's place
+    without it), T5 tokens for PixArt and Flux, as the pipeline is called (:func:`call_kwargs`)."""
+    conditioning = conditioning_for(pipeline)
+    if conditioning.family in ("sd", "sdxl"):
+        return int(pipeline.tokenizer.model_max_length)
+    return int(conditioning.encode(pipeline, [""], [(64, 64)])["text"].shape[1])

@@ -297,7 +297,8 @@ class _CMMDAccumulator:
 @dataclass
 class MacsConfig:
     resolution: int | None = option(None, ge=8, help="image size in pixels (default: the generation size)")
-    text_len: int | None = option(None, ge=1, help="text tokens (default: the tokenizer's maximum, 77 for SD)")
+    text_len: int | None = option(None, ge=1, help="text tokens (default: what the pipeline feeds its denoiser: 77 for "
+                                                   "SD, CLIP + T5 tokens for SD3, T5's for PixArt / Flux)")
 
 
 def _unets(pipeline: Any) -> tuple[Any, list[Any]]:
@@ -318,6 +319,7 @@ class Macs:
 
     def __init__(self, config: MacsConfig) -> None:
         self.config = config
+        self._text_lens: dict[int, int] = {}
 
     def __call__(self, batch: Any) -> dict[str, float]:
         from prunekit.denoisers import measure_macs
@@ -326,13 +328,18 @@ class Macs:
         size = self.config.resolution or int(batch.extra["height"])
         latent = size // int(getattr(pipe, "vae_scale_factor", 8))
         # A mixture was budgeted at the text length it was trained on (SD3: CLIP + T5 tokens), which its
-        # manifest records; a single pipeline counts its first tokenizer's maximum.
-        text_len = self.config.text_len or int((getattr(pipe, "manifest", None) or {}).get("text_len")
-                                               or pipe.tokenizer.model_max_length)
+        # manifest records; a single pipeline counts the tokens it feeds its denoiser, the same length.
+        text_len = self.config.text_len or (getattr(pipe, "manifest", None) or {}).get("text_len")
+        if not text_len:
+            from prunekit.conditioning import text_length
+
+            if id(pipe) not in self._text_lens:  # once per pipeline, not per batch (it runs the encoders)
+                self._text_lens[id(pipe)] = text_length(pipe)
+            text_len = self._text_lens[id(pipe)]
         teacher, experts = _unets(pipe)
 
         def count(unet: Any) -> float:
-            return float(measure_macs(unet, height=latent, width=latent, text_len=text_len))
+            return float(measure_macs(unet, height=latent, width=latent, text_len=int(text_len)))
 
         dense = count(teacher)
         out = {"macs": dense, "macs_ratio": 1.0, "macs_resolution": size}

@@ -9,8 +9,11 @@ however many prompts, timesteps and tokens pass:
 * :class:`InputHessian` — the running ``H = 2 X Xᵀ / n`` SparseGPT needs.
 
 The feeders run calibration prompts the way generation does: through the tokenizer and text
-encoder, or through the whole pipeline (classifier-free guidance, every denoising step), with a
-seeded generator so two runs record the same statistics.
+encoder (or the pipeline's own ``encode_prompt``, which runs every text encoder of SDXL, SD3,
+PixArt and Flux with its tokenizer, length and mask), or through the whole pipeline (classifier-free
+guidance, every denoising step; for a transformer the pipeline's own loop: flow matching, Flux's
+packed latent tokens and embedded guidance), with a seeded generator so two runs record the same
+statistics.
 """
 
 from __future__ import annotations
@@ -251,11 +254,62 @@ class TextEncoderFeed:
             self._encode(self.prompts[:1])
 
 
+class PromptEncodingFeed:
+    """Encodes prompts with the pipeline's own ``encode_prompt`` (SDXL, SD3, PixArt, Flux): every text
+    encoder runs on the tokens, length and mask generation gives it, and with ``guidance_scale > 1``
+    the pipeline also encodes its unconditional prompt as generation does (SD3 / PixArt: the empty
+    prompt; SDXL: nothing when it uses zeros for it; Flux: never, its guidance is embedded). Hooks on
+    one encoder's layers record that encoder; the others just run. Each call is independent, so
+    stoppable (a stop inside one encoder ends that ``encode_prompt`` call)."""
+
+    stoppable = True
+
+    def __init__(self, pipe: Any, prompts: Sequence[str], *, batch_size: int = 8, guidance_scale: float = 7.5) -> None:
+        self.pipe = pipe
+        self.prompts = list(prompts)
+        self.batch_size = batch_size
+        self.guidance_scale = guidance_scale
+
+    def _encode(self, batch: list[str]) -> None:
+        from prunekit.conditioning import call_kwargs, family_of_pipeline
+
+        pipe, family = self.pipe, family_of_pipeline(self.pipe)
+        cfg = self.guidance_scale > 1
+        device = pipe._execution_device
+        try:
+            if family == "sdxl":
+                pipe.encode_prompt(batch, device=device, do_classifier_free_guidance=cfg)
+            elif family == "sd3":
+                pipe.encode_prompt(batch, None, None, device=device, do_classifier_free_guidance=cfg,
+                                   **call_kwargs(pipe))
+            elif family == "pixart":
+                pipe.encode_prompt(batch, do_classifier_free_guidance=cfg, device=device, **call_kwargs(pipe))
+            elif family == "flux":
+                pipe.encode_prompt(batch, None, device=device, **call_kwargs(pipe))
+            else:
+                pipe.encode_prompt(batch, device, 1, cfg)
+        except StopForward:
+            pass
+
+    def __call__(self) -> None:
+        with torch.no_grad():
+            for batch in _batches(self.prompts, self.batch_size):
+                self._encode(batch)
+
+    def probe(self) -> None:
+        with torch.no_grad():
+            self._encode(self.prompts[:1])
+
+
 class PipelineFeed:
     """Generates latents for the prompts (``steps`` denoising steps, guidance as in generation), so
-    the U-Net sees the conditional and unconditional batch of every step. A CPU generator seeded
-    with ``seed`` makes the initial noise the same on any device and in every pass. A denoising
-    step feeds the next, so a pass cannot be cut short: not stoppable."""
+    the denoiser sees the conditional and unconditional batch of every step. The call is the
+    pipeline's own, with the keywords generation adds for its family (PixArt: captions as encoded,
+    no binning off its bins; a transformer's recorded ``max_sequence_length``), so a transformer
+    is calibrated on exactly the inputs of its denoising loop: flow-matching timesteps, Flux's
+    2x2-packed latent tokens with their ids and its embedded guidance (``guidance_scale``). A CPU
+    generator seeded with ``seed`` makes the initial noise the same on any device and in every pass.
+    A denoising step feeds the next, so a pass cannot be cut short: not stoppable."""
 
     stoppable = False
 
@@ -281,8 +335,11 @@ class PipelineFeed:
         self.width = width
 
     def _generate(self, prompts: Sequence[str], steps: int) -> None:
+        from prunekit.conditioning import call_kwargs, conditioning_for, denoiser_of
+
         generator = torch.Generator("cpu").manual_seed(self.seed)
         self.pipe.set_progress_bar_config(disable=True)
+        family = {**conditioning_for(self.pipe).call_defaults(denoiser_of(self.pipe)), **call_kwargs(self.pipe)}
         with torch.no_grad():
             for batch in _batches(prompts, self.batch_size):
                 self.pipe(
@@ -293,6 +350,7 @@ class PipelineFeed:
                     height=self.height,
                     width=self.width,
                     output_type="latent",
+                    **family,
                 )
 
     def __call__(self) -> None:

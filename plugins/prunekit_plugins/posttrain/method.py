@@ -1,16 +1,22 @@
-"""The post-training method: prune the U-Net and the text encoder separately, save the pipeline.
+"""The post-training method: prune the denoiser and each text encoder separately, save the pipeline.
 
-Stages (each skipped by ``--resume`` once completed):
+Components, by their pipeline attribute: the denoiser (``unet``, or ``transformer`` for PixArt, SD3
+and Flux) and every text encoder the pipeline has (``text_encoder``, ``text_encoder_2``,
+``text_encoder_3``). Stages (each skipped by ``--resume`` once completed):
 
-``prune_unet``          calibrate (through the still-dense text encoder) and prune the U-Net;
-                        pruned weights go to ``artifacts/pruned/unet.safetensors``
-``prune_text_encoder``  calibrate and prune the text encoder (``artifacts/pruned/text_encoder...``)
+``prune_unet`` / ``prune_transformer``
+                        calibrate (through the still-dense text encoders, in the pipeline's own
+                        denoising loop) and prune the denoiser; pruned weights go to
+                        ``artifacts/pruned/<component>.safetensors``
+``prune_text_encoder``, ``prune_text_encoder_2``, ...
+                        calibrate and prune each text encoder alone to its section's sparsity
 ``save_pipeline``       the whole pipeline in diffusers format under ``artifacts/pipeline``
                         (zeros stored densely: plain ``from_pretrained`` loads it)
 
-The U-Net goes first so that its calibration never sees a pruned text encoder: each component's
+The denoiser goes first so that its calibration never sees a pruned text encoder: each component's
 result depends only on its own section, as in the paper, which prunes them independently and
-then combines the best sparsities. A component with sparsity 0 is left untouched.
+then combines the best sparsities (the text encoders tokenize the prompt each on its own, so one
+encoder's pruning never reaches another's inputs). A component with sparsity 0 is left untouched.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
-from prunekit.calibration import Feed, PipelineFeed, TextEncoderFeed
+from prunekit.calibration import Feed, PipelineFeed, PromptEncodingFeed, TextEncoderFeed
 from prunekit.errors import PrunekitError
 from prunekit_plugins.posttrain.config import (
+    TEXT_ENCODERS,
+    DenoiserSparsity,
     HasCalibration,
     PosttrainConfig,
     TextEncoderSparsity,
-    UNetSparsity,
 )
 from prunekit_plugins.posttrain.engine import ComponentResult, PruningRule, prune_component
 from prunekit_plugins.posttrain.layers import PrunableLayer, select_layers
@@ -34,14 +41,44 @@ from prunekit_plugins.posttrain.layers import PrunableLayer, select_layers
 if TYPE_CHECKING:
     from prunekit.run import Run
 
-#: pruning order; see the module docstring for why the U-Net comes first
+#: an SD 1.x / 2.x pipeline's components in pruning order (any pipeline's: :func:`pipeline_components`)
 COMPONENTS: tuple[str, ...] = ("unet", "text_encoder")
 
 
+def denoiser_component(pipe: Any) -> str:
+    """The denoiser's attribute on ``pipe``: ``unet`` or ``transformer``."""
+    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+
+
+def pipeline_components(pipe: Any) -> list[str]:
+    """What a post-training method prunes, in order: the denoiser, then every text encoder ``pipe`` has."""
+    return [denoiser_component(pipe), *(name for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None)]
+
+
+def component_section(config: PosttrainConfig, component: str) -> TextEncoderSparsity | DenoiserSparsity:
+    """The recipe section that prunes ``component`` (a text encoder's, or the denoiser's)."""
+    if component in TEXT_ENCODERS:
+        return config.text_encoder_section(component)
+    return config.denoiser_section
+
+
+def _attribute(pipe: Any, component: str) -> str:
+    """``component`` as the pipeline names it (``denoiser`` and ``unet`` also name a transformer)."""
+    if component in ("denoiser", "unet", "transformer"):
+        return denoiser_component(pipe)
+    return component
+
+
 def component_feed(pipe: Any, component: str, prompts: list[str], config: HasCalibration) -> Feed:
+    """Calibration data for ``component`` of ``pipe``, run the way generation runs it."""
+    from prunekit.conditioning import family_of_pipeline
+
     cal = config.calibration
-    if component == "text_encoder":
-        return TextEncoderFeed(pipe, prompts, batch_size=cal.batch_size, with_empty=cal.guidance_scale > 1)
+    component = _attribute(pipe, component)
+    if component in TEXT_ENCODERS:
+        if component == "text_encoder" and family_of_pipeline(pipe) == "sd":
+            return TextEncoderFeed(pipe, prompts, batch_size=cal.batch_size, with_empty=cal.guidance_scale > 1)
+        return PromptEncodingFeed(pipe, prompts, batch_size=cal.batch_size, guidance_scale=cal.guidance_scale)
     return PipelineFeed(
         pipe,
         prompts,
@@ -69,14 +106,16 @@ def layer_report(layers: list[PrunableLayer]) -> dict[str, Any]:
 def prune_pipeline_component(
     pipe: Any,
     component: str,
-    spec: TextEncoderSparsity | UNetSparsity,
+    spec: TextEncoderSparsity | DenoiserSparsity,
     rule: PruningRule,
     *,
     prompts: list[str] | None = None,
     config: PosttrainConfig | HasCalibration,
     on_pass: Callable[[str], None] | None = None,
 ) -> ComponentResult:
-    """Prune ``pipe.<component>`` in place as ``spec`` (its sparsity section) asks."""
+    """Prune ``pipe.<component>`` in place as ``spec`` (its sparsity section) asks (``denoiser``: the
+    U-Net or transformer)."""
+    component = _attribute(pipe, component)
     layers = select_layers(getattr(pipe, component), spec.exclude)
     feed = None
     if rule.statistic is not None:
@@ -135,7 +174,7 @@ class PosttrainMethod:
     def _prune_stage(self, run: Run, pipe: Any, component: str) -> dict[str, Any]:
         from safetensors.torch import save_file
 
-        spec = getattr(self.config, component)
+        spec = component_section(self.config, component)
         rule = self.rule_factory()
         if spec.sparsity == 0:
             run.log.info("%s: sparsity 0, left untouched", component)
@@ -190,10 +229,20 @@ class PosttrainMethod:
                 modules[name].weight.copy_(tensor)
         run.log.info("%s: pruned weights restored from %s", component, result["weights"])
 
+    def _components(self, pipe: Any) -> list[str]:
+        components = pipeline_components(pipe)
+        missing = [name for name in TEXT_ENCODERS[1:]
+                   if getattr(self.config, name, None) is not None and name not in components]
+        if missing:
+            raise PrunekitError(f"method.{missing[0]}: the {type(pipe).__name__} has no {missing[0]} to prune "
+                                f"(its text encoders: {', '.join(components[1:]) or 'none'}); remove the section")
+        return components
+
     def run(self, run: Run) -> dict[str, Any]:
         pipe = run.build("model")
+        components = self._components(pipe)
         results: dict[str, dict[str, Any]] = {}
-        for component in COMPONENTS:
+        for component in components:
             stage = f"prune_{component}"
             done = stage in run.completed_stages
             results[component] = run.stage(stage, partial(self._prune_stage, run, pipe, component))
@@ -207,7 +256,7 @@ class PosttrainMethod:
             return {"path": str(folder.relative_to(run.dir)), "seconds": round(time.perf_counter() - start, 3)}
 
         saved = run.stage("save_pipeline", save)
-        metrics = self.metrics(pipe, results, saved)
+        metrics = self.metrics(pipe, results, saved, components)
         from prunekit.deployable import Deployable
 
         # The runner evaluates the pruned pipeline as it is in memory (the saved folder holds the same weights).
@@ -215,11 +264,13 @@ class PosttrainMethod:
                                            entry={"path": saved["path"], "sparsity": metrics["sparsity"]})
         return metrics
 
-    def metrics(self, pipe: Any, results: dict[str, dict[str, Any]], saved: dict[str, Any]) -> dict[str, Any]:
-        metrics: dict[str, Any] = {"method": self.name, "pipeline": saved["path"]}
+    def metrics(self, pipe: Any, results: dict[str, dict[str, Any]], saved: dict[str, Any],
+                components: list[str] | None = None) -> dict[str, Any]:
+        components = pipeline_components(pipe) if components is None else components
+        metrics: dict[str, Any] = {"method": self.name, "pipeline": saved["path"], "components": components}
         zeros = numel = 0
-        for component in COMPONENTS:
-            spec = getattr(self.config, component)
+        for component in components:
+            spec = component_section(self.config, component)
             module = getattr(pipe, component)
             layers = select_layers(module, spec.exclude)
             report = layer_report(layers)

@@ -332,9 +332,13 @@ class Macs:
         text_len = self.config.text_len or (getattr(pipe, "manifest", None) or {}).get("text_len")
         if not text_len:
             from prunekit.conditioning import text_length
+            from prunekit.evaluation import is_routed
 
             if id(pipe) not in self._text_lens:  # once per pipeline, not per batch (it runs the encoders)
-                self._text_lens[id(pipe)] = text_length(pipe)
+                # a mixture without a recorded length: its teacher's, if it has one
+                single = getattr(pipe, "teacher", None) if is_routed(pipe) else pipe
+                self._text_lens[id(pipe)] = (text_length(single) if single is not None
+                                             else int(pipe.tokenizer.model_max_length))
             text_len = self._text_lens[id(pipe)]
         teacher, experts = _unets(pipe)
 

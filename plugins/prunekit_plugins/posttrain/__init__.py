@@ -1,4 +1,5 @@
-"""Post-training unstructured / N:M pruning of a diffusion pipeline's text encoder and U-Net.
+"""Post-training unstructured / N:M pruning of a diffusion pipeline's text encoders and denoiser (U-Net
+or transformer).
 
 Methods ``magnitude``, ``wanda``, ``sparsegpt`` and ``owl`` share one calibration mechanism
 (:mod:`prunekit.calibration`) and one driver (:mod:`.method`); each module holds one algorithm.
@@ -65,7 +66,7 @@ build_owl = _factory("owl", _owl)
 @hookimpl
 def prunekit_register_components(register) -> None:
     register("method", "magnitude", build_magnitude, schema=MagnitudeConfig,
-             doc="Post-training magnitude pruning of text encoder and U-Net (per layer, row or global)")
+             doc="Post-training magnitude pruning of text encoders and denoiser (per layer, row or global)")
     register("method", "wanda", build_wanda, schema=WandaConfig,
              doc="Post-training Wanda pruning: |W|·‖X‖ per output row from calibration activations")
     register("method", "sparsegpt", build_sparsegpt, schema=SparseGPTConfig,

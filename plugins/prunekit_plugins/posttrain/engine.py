@@ -1,12 +1,12 @@
-"""Prune one component (text encoder or U-Net) with a rule, calibrating as the rule needs.
+"""Prune one component (a text encoder or the denoiser) with a rule, calibrating as the rule needs.
 
 A :class:`PruningRule` says which input statistic it needs per layer (none, column norms or a
 Hessian), may set per-layer targets from a dense pass (OWL), and turns a layer's weight and
 statistic into a pruned weight. :func:`prune_component` runs the calibration passes:
 
 * one-shot — a single pass over the dense component records every layer's statistic;
-* sequential — one pass per block (``encoder.layers.i``, ``down_blocks.i``, ...) in execution
-  order, each recording only that block's layers *after* the blocks before it were pruned, so
+* sequential — one pass per block (``encoder.layers.i``, ``down_blocks.i``, ``transformer_blocks.i``,
+  ...) in execution order, each recording only that block's layers *after* the blocks before it were pruned, so
   later layers compensate for earlier pruning and memory holds one block's statistics.
 """
 

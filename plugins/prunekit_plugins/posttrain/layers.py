@@ -2,8 +2,9 @@
 
 Pruned: every ``nn.Linear`` and dense ``nn.Conv2d`` of the component whose name matches no
 ``exclude`` glob. Embeddings and norms are never candidates (they are not Linear/Conv2d); the
-U-Net's ``conv_in`` and ``conv_out`` are excluded by default, like the embedding and LM head in
-Wanda / SparseGPT (4-channel latent stem and head, 0.003 % of the U-Net).
+denoiser's latent stem and head are excluded by default, like the embedding and LM head in
+Wanda / SparseGPT: the U-Net's ``conv_in`` and ``conv_out`` (0.003 % of the U-Net), a transformer's
+patch embedding (``pos_embed.proj``, Flux's ``x_embedder``) and final ``proj_out``.
 
 A conv weight ``(out, in, kh, kw)`` is pruned as the matrix ``(out, kh·kw·in)`` — the layout of
 sparse tensor cores and Apex ASP, so N:M groups run along input channels at one kernel tap. Its

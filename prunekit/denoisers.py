@@ -20,6 +20,7 @@ from torch import nn
 
 from .transformer.gating import PrunableTransformer
 from .unet.gating import PrunableUNet
+from .unet.inventory import Inventory
 
 DenoiserKind = Literal["unet", "transformer"]
 Prunable = PrunableUNet | PrunableTransformer
@@ -64,6 +65,29 @@ def physically_prune(model: nn.Module, mask: Any, *, round_to: int | None = None
     if denoiser_kind(model) == "unet":
         return prune_unet(model, mask, **kwargs)
     return prune_transformer(model, mask, **kwargs)
+
+
+def build_inventory(model: nn.Module, depth: Any = None, *, ffn_groups: int = 32) -> Inventory:
+    """The unit inventory of a stock U-Net or transformer (no hooks, nothing copied)."""
+    from .transformer.inventory import build_inventory as transformer_inventory
+    from .unet.inventory import build_inventory as unet_inventory
+
+    if denoiser_kind(model) == "unet":
+        return unet_inventory(model, ffn_groups=ffn_groups, **_depth(depth))
+    return transformer_inventory(model, ffn_groups=ffn_groups, **_depth(depth))
+
+
+def example_inputs(model: nn.Module, *, height: int, width: int, text_len: int = 77, batch: int = 1,
+                   generator: torch.Generator | None = None) -> tuple[tuple, dict[str, Any]]:
+    """Random (args, kwargs) for one forward of a stock or pruned denoiser at a ``height`` x ``width``
+    latent (unpacked: Flux's inputs are packed here) and ``text_len`` tokens, on its device and dtype."""
+    from .transformer.macs import example_inputs as transformer_inputs
+    from .unet.macs import example_inputs as unet_inputs
+
+    if denoiser_kind(model) == "unet":
+        return unet_inputs(model, height=height, width=width, text_len=text_len, batch=batch, generator=generator)
+    return (), transformer_inputs(model, height=height, width=width, text_len=text_len, batch=batch,
+                                  generator=generator)
 
 
 def measure_macs(model: nn.Module, *, height: int, width: int, text_len: int = 77) -> int:

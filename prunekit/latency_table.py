@@ -1,9 +1,13 @@
 """Latency tables: what ``prunekit profile`` measured, as a versioned JSON file (no torch needed).
 
 A table holds, for one device, dtype, batch, latent size and text length, the seconds of every
-width layer's module at a few kept widths, of every Transformer2D block, and of the dense U-Net;
-:mod:`prunekit.unet.latency` measures it and turns it into a differentiable estimate. This module
-only reads, writes and checks the file, so ``prunekit validate`` can look at a table without torch.
+width layer's module at a few kept widths, of every block (a U-Net's Transformer2D blocks, a
+transformer's blocks), and of the dense denoiser; :mod:`prunekit.latency` measures it and turns it
+into a differentiable estimate. This module only reads, writes and checks the file, so ``prunekit
+validate`` can look at a table without torch.
+
+The ``unet_class`` / ``unet_config_hash`` keys keep their U-Net-era names (tables written before
+transformers were supported still load) but name any denoiser: ``PixArtTransformer2DModel`` etc.
 
 File (JSON)::
 
@@ -15,8 +19,9 @@ File (JSON)::
      "dense_s": seconds of the dense forward, "scale": whole-model calibration of the layer seconds,
      "layers": {module path: {"kind": "resnet_group" | "attn_head" | "ffn_group", "channels": all of them,
                               "unit": channels per unit, "widths": [kept channels, 0 ... channels],
-                              "seconds": [non-decreasing fit], "measured_s": [medians], "same_as": path | null}},
-     "blocks": {Transformer2D block path: dense seconds},
+                              "seconds": [non-decreasing fit], "measured_s": [medians], "same_as": path | null,
+                              "timed": enclosing module path (only when not the layer's own module)}},
+     "blocks": {block path: dense seconds},
      "checks": [{"fraction", "predicted_ratio", "measured_ratio", "calibrated_ratio", ...}],
      "repeats": N, "profile_seconds": s, "created": "...", "source": {...}}
 """
@@ -37,14 +42,18 @@ INTERPOLATIONS = ("linear", "staircase")
 
 
 class LatencyTableError(ValueError):
-    """A latency table that cannot be read, or that was measured for another U-Net or input size."""
+    """A latency table that cannot be read, or that was measured for another denoiser or input size."""
 
 
-def unet_config_hash(config: Mapping[str, Any]) -> str:
-    """A short hash of a U-Net config (architecture keys only: ``_name_or_path`` etc. are ignored)."""
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short hash of a denoiser config (architecture keys only: ``_name_or_path``, a transformer's
+    recorded ``_max_sequence_length`` etc. are ignored)."""
     keys = {k: v for k, v in dict(config).items() if not str(k).startswith("_") and k != "pruning"}
     text = json.dumps(keys, sort_keys=True, default=lambda v: list(v) if isinstance(v, (tuple, set)) else str(v))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+unet_config_hash = config_hash  # the name U-Net-era code imports
 
 
 def block_of(layer_path: str) -> str:
@@ -64,6 +73,9 @@ class LayerCurve:
     seconds: list[float]  # non-decreasing fit of measured_s: what the estimate uses
     measured_s: list[float]
     same_as: str | None = None  # the layer whose module was timed (identical shapes)
+    # The module timed when narrowing the layer reaches outside its own (a Flux single block): then
+    # measured_s are that module's seconds minus its seconds with this layer at width 0.
+    timed: str | None = None
 
 
 @dataclass
@@ -97,6 +109,9 @@ class LatencyTable:
     # --- file ------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        for curve in data["layers"].values():
+            if curve["timed"] is None:  # U-Net tables stay readable by a prunekit that predates the key
+                del curve["timed"]
         return {"format": TABLE_FORMAT, "version": TABLE_VERSION, **data}
 
     def save(self, path: str | Path) -> Path:
@@ -159,22 +174,28 @@ class LatencyTable:
         the most a model can save; ``scale`` times this must not exceed ``dense_s``."""
         inner: dict[str, float] = {}
         for path, curve in self.layers.items():
-            block = block_of(path)
-            inner[block] = inner.get(block, 0.0) + curve.seconds[-1]
+            block = self.block_holding(path)
+            if block is not None:
+                inner[block] = inner.get(block, 0.0) + curve.seconds[-1]
         glue = sum(max(0.0, seconds - inner.get(path, 0.0)) for path, seconds in self.blocks.items())
         return sum(curve.seconds[-1] for curve in self.layers.values()) + glue
+
+    def block_holding(self, layer_path: str) -> str | None:
+        """The timed block a width layer lies in (None: it is a block of its own, or in none)."""
+        return next((b for b in self.blocks if layer_path.startswith(b + ".")), None)
 
     # --- what it fits ------------------------------------------------------------------------------
     def describe(self) -> str:
         return (f"{self.device_name or self.device}, {self.dtype}, batch {self.batch}, "
                 f"{self.height}x{self.width} latent, {self.text_len} tokens")
 
-    def mismatch(self, unet: Any, *, height: int, width: int, text_len: int) -> str | None:
-        """Why this table does not describe ``unet`` at this input size (None: it does)."""
-        config: Any = unet.config
-        if unet_config_hash(config) != self.unet_config_hash:
-            return (f"it was measured for another U-Net (config hash {self.unet_config_hash}, this model's "
-                    f"{unet_config_hash(config)})")
+    def mismatch(self, model: Any, *, height: int, width: int, text_len: int) -> str | None:
+        """Why this table does not describe ``model`` (a stock denoiser) at this input size (None: it does)."""
+        config: Any = model.config
+        if config_hash(config) != self.unet_config_hash:
+            what = "U-Net" if "UNet" in type(model).__name__ else "denoiser"
+            return (f"it was measured for another {what} ({self.unet_class}, config hash {self.unet_config_hash}; "
+                    f"this model's {type(model).__name__}, {config_hash(config)})")
         if (self.height, self.width, self.text_len) != (height, width, text_len):
             return (f"it was measured at a {self.height}x{self.width} latent with {self.text_len} tokens, "
                     f"this run uses {height}x{width} with {text_len}")

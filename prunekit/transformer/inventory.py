@@ -62,6 +62,26 @@ class TransformerInventory(Inventory):
     def spec(self, layer: Layer) -> WidthSpec:
         return self.specs[self.width_layers.index(layer)]
 
+    def block_of(self, layer: Layer) -> str | None:
+        """The transformer block that holds a width layer."""
+        return next((b for b in self.blocks if layer.path.startswith(b + ".")), None)
+
+    def footprint(self, layer: Layer) -> str:
+        """The smallest module outside of which narrowing ``layer`` changes nothing: the common ancestor
+        of its own module, the modules whose MACs scale with it and those its gates multiply. The layer's
+        own module, except in a Flux single block, whose heads and MLP both narrow the block's shared
+        ``proj_out`` (and the MLP its ``act_mlp``): there it is the whole block."""
+        spec = self.spec(layer)
+        paths = [layer.path, *(path for path, _ in spec.costs), *(site.path for site in spec.gates)]
+        common = paths[0].split(".")
+        for path in paths[1:]:
+            parts = path.split(".")
+            n = 0
+            while n < min(len(common), len(parts)) and common[n] == parts[n]:
+                n += 1
+            common = common[:n]
+        return ".".join(common)
+
 
 def family_of(model: nn.Module) -> Family:
     """The family of a stock (or pruned) diffusers transformer, by class."""

@@ -101,6 +101,16 @@ class Inventory:
                 return layer
         raise KeyError(f"no {kind} layer at {path!r}")
 
+    def block_of(self, layer: Layer) -> str | None:
+        """The Transformer2D block that encloses a width layer (None for a ResNet: its layer is its block)."""
+        head, sep, _ = layer.path.partition(".transformer_blocks.")
+        return head if sep else None
+
+    def footprint(self, layer: Layer) -> str:
+        """The smallest module outside of which narrowing ``layer`` changes nothing: a U-Net width layer
+        keeps its module's output channels, so it is the layer's own module."""
+        return layer.path
+
 
 @dataclass(frozen=True)
 class _Site:

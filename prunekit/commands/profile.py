@@ -1,6 +1,7 @@
 """``prunekit profile RECIPE [overrides] --output TABLE.json``: measure the latency table the ``latency``
-budget charges (:mod:`prunekit.unet.latency`), for the recipe's U-Net at the latent size and text
-length its runs use, on the device, dtype and batch you will deploy."""
+budget charges (:mod:`prunekit.latency`), for the recipe's denoiser (a U-Net, or a PixArt / SD3 / Flux
+transformer) at the latent size and text length its runs use, on the device, dtype and batch you will
+deploy."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("profile", help="measure a latency table of a recipe's U-Net (budget.name=latency)")
+    parser = subparsers.add_parser("profile", help="measure a latency table of a recipe's denoiser (budget.name=latency)")
     parser.add_argument("recipe", help="recipe YAML file (its model, dataset resolution and text length are used)")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. model.path=DIR")
     parser.add_argument("--output", "-o", required=True, help="table file to write (JSON)")
@@ -25,7 +26,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, default=None,
                         help="GPUs: measure at every TILE channels and charge the next step up (a staircase table)")
     parser.add_argument("--latent", default=None, help="latent H or HxW (default: the dataset resolution / VAE scale)")
-    parser.add_argument("--text-len", type=int, default=None, help="tokens (default: the tokenizer's max length)")
+    parser.add_argument("--text-len", type=int, default=None,
+                        help="tokens (default: what the pipeline feeds its denoiser: the tokenizer's max length "
+                             "for a U-Net, the encoded prompt's length for a transformer)")
     parser.add_argument("--check", type=float, nargs="*", default=[0.75, 0.5, 0.25],
                         help="uniform keep fractions timed as whole models against the dense one (the table's "
                              "self-check; none: skip)")
@@ -47,9 +50,22 @@ def _latent(text: str) -> tuple[int, int]:
     return (parts[0], parts[-1])
 
 
+def pipeline_text_length(pipeline: Any) -> int:
+    """The text length the recipe's runs feed the denoiser (the encoded ``text`` column's): the
+    tokenizer's maximum for a U-Net; for a transformer the length its pipeline encodes a prompt to,
+    with the ``max_sequence_length`` its transformer records (:func:`prunekit.conditioning.text_length`:
+    CLIP + T5 tokens for SD3, T5's for PixArt and Flux)."""
+    from prunekit.conditioning import conditioning_for, text_length
+
+    if conditioning_for(pipeline).unet_naming:
+        return int(getattr(getattr(pipeline, "tokenizer", None), "model_max_length", 77))
+    return text_length(pipeline)
+
+
 def recipe_input_size(recipe_data: dict[str, Any], pipeline: Any, registry: Any) -> tuple[int, int, int]:
     """(latent height, latent width, text length) the recipe's training runs use: the dataset's
-    ``resolution`` over the VAE's scale factor, and the tokenizer's maximum length."""
+    ``resolution`` over the VAE's scale factor (the unpacked latent, also for Flux), and
+    :func:`pipeline_text_length`."""
     from prunekit.config import instantiate_schema
     from prunekit.errors import UsageError
 
@@ -61,9 +77,7 @@ def recipe_input_size(recipe_data: dict[str, Any], pipeline: Any, registry: Any)
     if not isinstance(resolution, int):
         raise UsageError(f"dataset {section.get('name')!r} has no resolution option: give --latent H[xW]")
     scale = int(getattr(pipeline, "vae_scale_factor", 0) or 2 ** (len(pipeline.vae.config.block_out_channels) - 1))
-    tokenizer = getattr(pipeline, "tokenizer", None)
-    text_len = int(getattr(tokenizer, "model_max_length", 77))
-    return resolution // scale, resolution // scale, text_len
+    return resolution // scale, resolution // scale, pipeline_text_length(pipeline)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -92,30 +106,38 @@ def main(args: argparse.Namespace) -> int:
 
     import torch
 
+    from prunekit.conditioning import denoiser_of
     from prunekit.console import quiet_libraries
-    from prunekit.unet.latency import DTYPES, profile_latency
+    from prunekit.denoisers import denoiser_kind
+    from prunekit.latency import DTYPES, profile_latency
 
     quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
     pipeline = registry.build("model", recipe.data["model"])
+    try:
+        denoiser = denoiser_of(pipeline)
+        kind = "U-Net" if denoiser_kind(denoiser) == "unet" else type(denoiser).__name__
+    except ValueError as exc:  # a pipeline or denoiser class prunekit cannot prune: one line, no traceback
+        raise UsageError(f"model {recipe.data['model'].get('name')!r}: cannot profile its denoiser: {exc}") from None
     if args.latent:
         height, width = _latent(args.latent)
-        text_len = args.text_len or int(getattr(pipeline.tokenizer, "model_max_length", 77))
+        text_len = args.text_len or pipeline_text_length(pipeline)
     else:
         height, width, text_len = recipe_input_size(recipe.data, pipeline, registry)
         text_len = args.text_len or text_len
-    unet = pipeline.unet
-    device = torch.device(args.device) if args.device else next(unet.parameters()).device
+    if kind == "FluxTransformer2DModel" and (height % 2 or width % 2):
+        raise UsageError(f"Flux packs 2x2 latent patches: the latent {height}x{width} must be even (--latent)")
+    device = torch.device(args.device) if args.device else next(denoiser.parameters()).device
     dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
-    unet = unet.to(device=device, dtype=DTYPES[dtype_name]).eval()
-    for part in ("vae", "text_encoder"):  # only the U-Net is timed: the rest leaves the device
-        module = getattr(pipeline, part, None)
-        if module is not None and device.type == "cuda":
-            module.to("cpu")
-    print(f"profiling {recipe.data['name']}'s U-Net on {device} ({dtype_name}, batch {args.batch}, "
+    denoiser = denoiser.to(device=device, dtype=DTYPES[dtype_name]).eval()
+    if device.type == "cuda":  # only the denoiser is timed: the VAE and text encoders leave the device
+        for module in pipeline.components.values():
+            if isinstance(module, torch.nn.Module) and module is not denoiser:
+                module.to("cpu")
+    print(f"profiling {recipe.data['name']}'s {kind} on {device} ({dtype_name}, batch {args.batch}, "
           f"{height}x{width} latent, {text_len} tokens, {torch.get_num_threads()} threads)", flush=True)
-    table = profile_latency(unet, height=height, width=width, text_len=text_len, batch=args.batch,
+    table = profile_latency(denoiser, height=height, width=width, text_len=text_len, batch=args.batch,
                             points=args.points, tile=args.tile, repeats=args.repeats, warmup=args.warmup,
                             check=tuple(args.check or ()), calibrate=args.calibrate,
                             log=lambda m: print(f"  {m}", flush=True))

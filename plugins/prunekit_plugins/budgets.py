@@ -1,7 +1,8 @@
 """Budgets: the compute a pruned architecture uses, as a differentiable function of its gates.
 
 ``macs``: exact MACs (the MAC model). ``latency``: seconds measured on a device, from a latency
-table written by ``prunekit profile`` (:mod:`prunekit.unet.latency`; docs/latency.md).
+table written by ``prunekit profile`` (:mod:`prunekit.latency`; docs/latency.md), for U-Nets and
+transformer denoisers alike.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ PROFILE_HINT = "measure one with `prunekit profile RECIPE --output {path}`"
 class LatencyBudgetConfig:
     table: str = option(help="latency table (JSON) from `prunekit profile`, measured on the device, dtype, batch "
                              "and latent size you deploy")
-    target: float = option(0.6, gt=0, le=1, help="target mean latency as a fraction of the dense U-Net's")
+    target: float = option(0.6, gt=0, le=1, help="target mean latency as a fraction of the dense denoiser's")
     round_to: int | None = option(None, ge=1, help="charge every layer for its width rounded up to a multiple of "
                                                    "this many channels (set it to the method's round_to)")
 
@@ -80,9 +81,10 @@ class LatencyBudgetConfig:
 
 
 class LatencyBudget:
-    """Seconds per U-Net forward on the table's device, dtype, batch and latent size (measured).
+    """Seconds per denoiser forward (U-Net or transformer) on the table's device, dtype, batch and latent
+    size (measured).
 
-    Differentiable in the gates like the MAC model (see :class:`prunekit.unet.latency.LatencyModel`):
+    Differentiable in the gates like the MAC model (see :class:`prunekit.latency.LatencyModel`):
     a method that optimises the ``macs`` budget optimises measured latency with this one unchanged.
     ``files``: what the run directory keeps a copy of (the table, as ``artifacts/latency_table.json``).
     """
@@ -91,8 +93,8 @@ class LatencyBudget:
 
     def __init__(self, config: LatencyBudgetConfig, *, prunable: Any, height: int, width: int, text_len: int) -> None:
         from prunekit.errors import RecipeError
+        from prunekit.latency import LatencyModel
         from prunekit.latency_table import LatencyTable, LatencyTableError
-        from prunekit.unet.latency import LatencyModel
 
         self.target = config.target
         hint = PROFILE_HINT.format(path=config.table)
@@ -138,5 +140,5 @@ def prunekit_register_components(register) -> None:
     register("budget", "macs", MacsBudget, schema=MacsBudgetConfig, provides=("budget",),
              doc="MAC budget: target fraction of the dense U-Net's MACs (exact MAC model)")
     register("budget", "latency", LatencyBudget, schema=LatencyBudgetConfig, provides=("budget",),
-             doc="Latency budget: target fraction of the dense U-Net's latency measured on a device "
+             doc="Latency budget: target fraction of the dense denoiser's latency measured on a device "
                  "(a table from `prunekit profile`)")

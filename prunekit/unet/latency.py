@@ -18,8 +18,8 @@ from prunekit.latency import (
     interleaved_ratio,
     node_widths,
     profile_latency,
-    uniform_mask,
     unet_config_hash,
+    uniform_mask,
 )
 
 __all__ = ["DTYPES", "INTERPOLATIONS", "TABLE_FORMAT", "TABLE_VERSION", "LatencyModel", "LatencyTable",

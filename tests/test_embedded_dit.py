@@ -81,6 +81,53 @@ def test_random_dit_teacher_is_sd3_shaped_small_and_reuses_the_trained_parts(tmp
     assert loaded.vae.config.scaling_factor == pipe.vae.config.scaling_factor
 
 
+def test_shipped_dit_teacher_is_small_loads_and_is_trained():
+    """The shipped weights (recipes/tiny/pretrain_dit.yaml, copied to assets/teacher_dit): <= 20 MB, the
+    random architecture, and trained: its flow-matching loss on domain samples is far below a random
+    transformer's of the same architecture."""
+    from prunekit_plugins.domain.dataset import EmbeddedDomain, EmbeddedDomainConfig
+    from prunekit_plugins.domain.teacher_dit import (
+        SHIPPED_DIT_TEACHER,
+        EmbeddedDiTConfig,
+        EmbeddedDiTRandomConfig,
+        build_embedded_dit,
+        build_embedded_dit_random,
+    )
+
+    from prunekit.conditioning import conditioning_for
+
+    torch.set_num_threads(1)
+    assert sum(f.stat().st_size for f in SHIPPED_DIT_TEACHER.rglob("*") if f.is_file()) <= 20 * MB
+    provenance = json.loads((SHIPPED_DIT_TEACHER.parent / "teacher_dit_training.json").read_text())
+    assert "recipes/tiny/pretrain_dit.yaml" in provenance["command"]
+    assert EmbeddedDiTConfig().preflight() == []
+    teacher = build_embedded_dit(EmbeddedDiTConfig())
+    random = build_embedded_dit_random(EmbeddedDiTRandomConfig())
+    for key in ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size", "joint_attention_dim",
+                "pooled_projection_dim", "caption_projection_dim", "sample_size"):
+        assert teacher.transformer.config[key] == random.transformer.config[key], key
+
+    data = EmbeddedDomain(EmbeddedDomainConfig(size=32, seed=3, split="heldout"))
+    samples = [data[i] for i in range(32)]
+    images = torch.stack([s["image"] for s in samples])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        vae = teacher.vae
+        x0 = (vae.encode(images).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+        cond = conditioning_for(teacher).encode(teacher, [s["prompt"] for s in samples], [(32, 32)] * 32)
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.rand(32, generator=generator)
+        xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+
+        def loss(transformer):
+            out = transformer(hidden_states=xt, timestep=t * 1000, encoder_hidden_states=cond["text"],
+                              pooled_projections=cond["pooled"]).sample
+            return float((out - (noise - x0)).pow(2).mean())
+
+        trained, untrained = loss(teacher.transformer), loss(random.transformer)
+    assert trained < 0.5 * untrained, (trained, untrained)
+
+
 def test_untrained_dit_teacher_stops_with_one_line_naming_the_training_command(monkeypatch, tmp_path):
     from prunekit_plugins.domain import teacher_dit
 

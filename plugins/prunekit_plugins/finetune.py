@@ -15,12 +15,20 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from prunekit.config import option
 from prunekit.encode_config import EncodeConfig
 from prunekit.hookspecs import hookimpl
 from prunekit.losses import DENOISING
+
+if TYPE_CHECKING:
+    from prunekit.model_objective import ModelObjective
+
+# Pipelines whose text encoders this method cannot train (their conditioning is not one CLIP's last
+# hidden state): refused by `prunekit validate`, before anything is loaded.
+_FROZEN_TEXT_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "PixArtAlphaPipeline",
+                          "PixArtSigmaPipeline", "FluxPipeline")
 
 
 @dataclass
@@ -42,6 +50,12 @@ class DenseFinetuneConfig:
     )
     max_shard_size: str | None = option(None, help="split saved weight files above this size, e.g. '7MB'")
 
+    def check_objective(self, model: ModelObjective, where: str) -> list[str]:
+        if self.train_text_encoder and model.pipeline in _FROZEN_TEXT_PIPELINES:
+            return [f"{where}.train_text_encoder: SD 1.x / 2.x pipelines only, but model {model.model} is a "
+                    f"{model.pipeline}: its text encoders stay frozen; set {where}.train_text_encoder=false"]
+        return []
+
 
 class DenseFinetune:
     """Fine-tune the dense U-Net on the dataset (latents and text embeddings cached once)."""
@@ -55,6 +69,14 @@ class DenseFinetune:
 
         precision = run.recipe.data["engine"]["precision"]
         pipeline = place_frozen(run.build("model"), precision)
+        if self.config.train_text_encoder:
+            from prunekit.conditioning import conditioning_for
+
+            # A pipeline class validate did not know (a custom one): refused before any encoding.
+            family = conditioning_for(pipeline).family
+            if family != "sd":
+                raise ValueError(f"method.train_text_encoder: SD 1.x / 2.x pipelines only (this one is "
+                                 f"{family}: its text encoders stay frozen; set method.train_text_encoder=false)")
         results: dict[str, Any] = {}
         if self.config.vae_steps > 0:
             results["vae"] = run.stage("train_vae", lambda: self._train_vae(run, pipeline))
@@ -177,10 +199,6 @@ class DenseFinetune:
         seed = int(run.recipe.data.get("seed", 0))
         trained: Any = denoiser
         if cfg.train_text_encoder:
-            if conditioning.family != "sd":
-                raise ValueError(f"method.train_text_encoder: SD 1.x / 2.x pipelines only (this one is "
-                                 f"{conditioning.family}: its text encoders stay frozen; set "
-                                 "method.train_text_encoder=false)")
             tok = pipeline.tokenizer
             empty_ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
             text_encoder.requires_grad_(True)

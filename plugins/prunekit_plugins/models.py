@@ -75,7 +75,8 @@ class TinyModelConfig:
     def objective(self, *, local_files: bool = True) -> ModelObjective:
         from prunekit.model_objective import ModelObjective
 
-        return ModelObjective("epsilon", "tiny_random (StableDiffusionPipeline, DDPMScheduler)")
+        return ModelObjective("epsilon", "tiny_random (StableDiffusionPipeline, DDPMScheduler)",
+                              "StableDiffusionPipeline")
 
 
 def build_tiny(config: TinyModelConfig) -> object:

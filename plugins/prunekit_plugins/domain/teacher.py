@@ -83,7 +83,8 @@ class EmbeddedRandomConfig:
     def objective(self, *, local_files: bool = True) -> ModelObjective:
         from prunekit.model_objective import ModelObjective
 
-        return ModelObjective("epsilon", "embedded_random (StableDiffusionPipeline, PNDMScheduler)")
+        return ModelObjective("epsilon", "embedded_random (StableDiffusionPipeline, PNDMScheduler)",
+                              "StableDiffusionPipeline")
 
 
 def build_embedded_random(config: EmbeddedRandomConfig) -> Any:

@@ -62,7 +62,8 @@ class EmbeddedDiTConfig:
 
         if self.path is not None:
             return folder_objective(self.path) if local_files else None
-        return folder_objective(SHIPPED_DIT_TEACHER, "embedded_dit") or ModelObjective("flow_matching", DIT_LABEL)
+        return folder_objective(SHIPPED_DIT_TEACHER, "embedded_dit") or ModelObjective("flow_matching", DIT_LABEL,
+                                                                                 "StableDiffusion3Pipeline")
 
 
 def build_embedded_dit(config: EmbeddedDiTConfig) -> Any:
@@ -104,7 +105,7 @@ class EmbeddedDiTRandomConfig:
         from prunekit.model_objective import ModelObjective
 
         return ModelObjective("flow_matching", "embedded_dit_random (StableDiffusion3Pipeline, "
-                                               "FlowMatchEulerDiscreteScheduler)")
+                                               "FlowMatchEulerDiscreteScheduler)", "StableDiffusion3Pipeline")
 
 
 def clip_with_projection(folder: Path) -> Any:

@@ -372,3 +372,32 @@ def clip_image_embeddings(images: Any, model: Any, processor: Any, *, batch_size
             emb = model.get_image_features(pixel_values=pixels).float()
             out.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
     return torch.cat(out)
+
+
+def clip_text_embeddings(prompts: list[str], model: Any, processor: Any, *, batch_size: int = 64) -> Any:
+    """L2-normalised CLIP text embeddings (N, d), tokenized as torchmetrics' CLIPScore does (padded per
+    batch, cut at the text model's positions), so per-image scores average to its value."""
+    import torch
+
+    device = next(model.parameters()).device
+    limit = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            tokens = processor(text=list(prompts[start:start + batch_size]), return_tensors="pt", padding=True)
+            ids, mask = tokens["input_ids"], tokens["attention_mask"]
+            if limit is not None:
+                ids, mask = ids[..., :limit], mask[..., :limit]
+            emb = model.get_text_features(ids.to(device), mask.to(device)).float()
+            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
+    return torch.cat(out)
+
+
+def clip_scores(images: Any, prompts: list[str], model: Any, processor: Any, *, batch_size: int = 64) -> Any:
+    """Per-image CLIP score, ``100 × cos(image, prompt)`` (N,): torchmetrics' CLIPScore is their mean,
+    floored at 0."""
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+    image = clip_image_embeddings(images, model, processor, batch_size=batch_size)
+    text = clip_text_embeddings(prompts, model, processor, batch_size=batch_size)
+    return 100 * (image * text).sum(dim=-1)

@@ -195,3 +195,30 @@ def test_clip_score_and_cmmd_plugins_use_the_local_clip(clip_folder):
     torch.testing.assert_close(x.norm(dim=1), torch.ones(6))
     assert value == pytest.approx(cmmd(x, y), rel=1e-6) and value > 0
     assert plugin(EvalBatch(prompts, real, real))["cmmd"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_clip_score_per_image_scores_average_to_the_metric(clip_folder):
+    """The per-image scores (the report's intervals) are torchmetrics' score of each image alone, and
+    their mean is the plugin's value; a prompt longer than the text model's positions is cut the same way."""
+    from torchmetrics.multimodal.clip_score import CLIPScore
+
+    from prunekit.evaluation.scoring import per_image_scores
+    from prunekit.metrics import load_clip
+
+    fake = _shape_images(5, 2)
+    prompts = ["a large red circle", "a small blue square", "two green triangles", "blue",
+               " ".join(["a very long prompt"] * 40)]
+    plugin = get_registry().build("metric", {"name": "clip_score", "clip_path": str(clip_folder), "batch_size": 2})
+    batch = EvalBatch(prompts, fake, None)
+    scores = plugin.per_image(batch)["clip_score"]
+    model, processor = load_clip(clip_folder, key="metrics.clip_score.clip_path")
+    for image, prompt, score in zip(fake, prompts, scores):
+        alone = CLIPScore(model_name_or_path=lambda: (model, processor))
+        alone.update(image[None], [prompt])
+        assert score == pytest.approx(float(alone.score / alone.n_samples), abs=1e-3)
+    assert len(set(round(s, 4) for s in scores)) == 5
+    value = plugin(batch)["clip_score"]
+    assert value == pytest.approx(max(0.0, sum(scores) / 5), abs=1e-3)
+    # through evaluation's batching (eval.metric_batch images at a time), in prompt order
+    kept = per_image_scores({"clip": plugin}, [EvalBatch(prompts[:3], fake[:3], None), EvalBatch(prompts[3:], fake[3:], None)])
+    assert kept["clip_score"] == pytest.approx(scores, abs=1e-4)

@@ -198,22 +198,35 @@ class ClipScoreConfig:
 
 
 class ClipScore:
-    """CLIP score (torchmetrics): 100 × cosine(image, prompt) averaged over images."""
+    """CLIP score (torchmetrics): 100 × cosine(image, prompt) averaged over images; per image too, for
+    the report's intervals."""
 
     def __init__(self, config: ClipScoreConfig) -> None:
         _require(config.preflight()[0] if config.preflight() else None)
         self.config = config
 
-    def accumulator(self) -> _ClipScoreAccumulator:
-        from torchmetrics.multimodal.clip_score import CLIPScore
-
+    def _clip(self) -> tuple[Any, Any, str]:
         from prunekit.metrics import load_clip
 
         device = _device(self.config.device)
         assert self.config.clip_path is not None  # __init__ required it
         model, processor = load_clip(self.config.clip_path, key="metrics.clip_score.clip_path", device=device)
+        return model, processor, device
+
+    def accumulator(self) -> _ClipScoreAccumulator:
+        from torchmetrics.multimodal.clip_score import CLIPScore
+
+        model, processor, device = self._clip()
         metric = CLIPScore(model_name_or_path=lambda: (model, processor), sync_on_compute=False).to(device)
         return _ClipScoreAccumulator(metric, device, self.config.batch_size)
+
+    def per_image(self, batch: Any) -> dict[str, list[float | None]]:
+        """Each image's ``100 × cos(image, prompt)``: their mean is the metric's value (when positive)."""
+        from prunekit.metrics import clip_scores
+
+        model, processor, _ = self._clip()
+        scores = clip_scores(batch.images, list(batch.prompts), model, processor, batch_size=self.config.batch_size)
+        return {"clip_score": [float(v) for v in scores.tolist()]}
 
     def __call__(self, batch: Any) -> dict[str, float]:
         acc = self.accumulator()

@@ -218,7 +218,26 @@ def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
         yield list(items[start : start + size])
 
 
-class TextEncoderFeed:
+class _PromptBatchFeed:
+    """A feed that encodes its prompts ``batch_size`` at a time (``_encode(batch)``); a probe encodes one."""
+
+    prompts: list[str]
+    batch_size: int
+
+    def _encode(self, batch: list[str]) -> None:
+        raise NotImplementedError
+
+    def __call__(self) -> None:
+        with torch.no_grad():
+            for batch in _batches(self.prompts, self.batch_size):
+                self._encode(batch)
+
+    def probe(self) -> None:
+        with torch.no_grad():
+            self._encode(self.prompts[:1])
+
+
+class TextEncoderFeed(_PromptBatchFeed):
     """Encodes prompts as the pipeline does: padded to the tokenizer's max length, no attention
     mask unless the encoder asks for one, plus the empty prompt that classifier-free guidance
     encodes for every generation (``with_empty``). Each forward is independent, so stoppable."""
@@ -244,17 +263,8 @@ class TextEncoderFeed:
         except StopForward:
             pass
 
-    def __call__(self) -> None:
-        with torch.no_grad():
-            for batch in _batches(self.prompts, self.batch_size):
-                self._encode(batch)
 
-    def probe(self) -> None:
-        with torch.no_grad():
-            self._encode(self.prompts[:1])
-
-
-class PromptEncodingFeed:
+class PromptEncodingFeed(_PromptBatchFeed):
     """Encodes prompts with the pipeline's own ``encode_prompt`` (SDXL, SD3, PixArt, Flux): every text
     encoder runs on the tokens, length and mask generation gives it, and with ``guidance_scale > 1``
     the pipeline also encodes its unconditional prompt as generation does (SD3 / PixArt: the empty
@@ -290,15 +300,6 @@ class PromptEncodingFeed:
                 pipe.encode_prompt(batch, device, 1, cfg)
         except StopForward:
             pass
-
-    def __call__(self) -> None:
-        with torch.no_grad():
-            for batch in _batches(self.prompts, self.batch_size):
-                self._encode(batch)
-
-    def probe(self) -> None:
-        with torch.no_grad():
-            self._encode(self.prompts[:1])
 
 
 class PipelineFeed:

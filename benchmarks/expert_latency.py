@@ -24,26 +24,9 @@ from functools import partial
 
 import torch
 
-from prunekit.unet import PrunableUNet, make_prunable, physically_prune, round_mask, sd21_unet_config
+from prunekit.shaped import build_sd21_shaped_unet
+from prunekit.unet import PrunableUNet, make_prunable, physically_prune, round_mask
 from prunekit.unet.macs import MacModel, example_inputs
-
-
-def build_random_sd21(device: str, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**sd21_unet_config())
-    unet = unet.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if name.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "norm.weight", "norm_out.weight")):
-                param.fill_(1.0)
-            else:
-                # Fan-in scaled so activations stay in a normal range (no inf/denormal slow paths).
-                fan_in = param[0].numel() if param.ndim > 1 else 1
-                param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
-    return (unet if dtype == torch.float32 else unet.to(dtype)).eval()
 
 
 def uniform_mask(prunable: PrunableUNet, fraction: float, scores: torch.Tensor, round_to: int) -> torch.Tensor:
@@ -120,7 +103,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     start = time.perf_counter()
-    unet = build_random_sd21(args.device, dtype, args.seed)
+    unet = build_sd21_shaped_unet(args.device, dtype, args.seed)
     prunable = make_prunable(unet)
     mac_model = prunable.mac_model(height=args.latent, width=args.latent, text_len=77)
     inputs, kwargs = example_inputs(unet, height=args.latent, width=args.latent, batch=args.batch,

@@ -46,8 +46,9 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from latency_table import build_random_sd21, random_expert
+    from latency_table import random_expert
 
+    from prunekit.shaped import build_sd21_shaped_unet
     from prunekit.unet import make_prunable, physically_prune
     from prunekit.unet.latency import DTYPES, LatencyModel, fit_scale, interleaved_ratio, profile_latency
     from prunekit.unet.macs import example_inputs
@@ -60,7 +61,7 @@ def main() -> int:
     out = Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp()) / "gpu-latency"
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    unet = build_random_sd21(args.device, DTYPES[args.dtype], args.seed)
+    unet = build_sd21_shaped_unet(args.device, DTYPES[args.dtype], args.seed)
     prunable = make_prunable(unet)
     print(f"{torch.cuda.get_device_name(device) if cuda else 'cpu'}, torch {torch.__version__}, {args.dtype}, tile {args.tile}, "
           f"setup {time.perf_counter() - start:.0f} s", flush=True)

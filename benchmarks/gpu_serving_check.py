@@ -69,9 +69,9 @@ def build_dense(device: str, dtype: Any, seed: int) -> Any:
     import torch
 
     if device.startswith("cuda"):
-        from latency_table import build_random_sd21
+        from prunekit.shaped import build_sd21_shaped_unet
 
-        return build_random_sd21(device, dtype, seed)
+        return build_sd21_shaped_unet(device, dtype, seed)
     # Dry run: the tiny SD-shaped U-Net (random init, fp32 on the CPU).
     from prunekit.tiny import build_tiny_pipeline, tiny_unet_config
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from prunekit.unet import make_prunable, physically_prune, sd21_unet_config
+from prunekit.shaped import build_sd21_shaped_unet
+from prunekit.unet import make_prunable, physically_prune
 from prunekit.unet.latency import (
     DTYPES,
     LatencyModel,
@@ -34,24 +34,6 @@ from prunekit.unet.latency import (
     interleaved_ratio,
     profile_latency,
 )
-
-
-def build_random_sd21(device: str, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    """SD 2.1's U-Net with random, fan-in scaled weights (activations in a normal range)."""
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**sd21_unet_config())
-    unet = unet.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if name.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "norm.weight", "norm_out.weight")):
-                param.fill_(1.0)
-            else:
-                fan_in = param[0].numel() if param.ndim > 1 else 1
-                param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
-    return (unet if dtype == torch.float32 else unet.to(dtype)).eval()
 
 
 def random_expert(prunable, keep: float, spread: float, drop: float, generator: torch.Generator) -> torch.Tensor:
@@ -93,7 +75,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     dtype = DTYPES[args.dtype]
-    unet = build_random_sd21(args.device, dtype, args.seed)
+    unet = build_sd21_shaped_unet(args.device, dtype, args.seed)
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} latent={args.latent} "
           f"batch={args.batch} repeats={args.repeats} points={args.points} tile={args.tile} "
           f"round_to={args.round_to}", flush=True)

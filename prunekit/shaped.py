@@ -51,6 +51,31 @@ def build_sd21_shaped_pipeline(seed: int = 0, *, sample_size: int = 96) -> Any:
     )
 
 
+def build_sd21_shaped_unet(device: str = "cpu", dtype: Any = None, seed: int = 0) -> Any:
+    """SD 2.1's U-Net alone, built on ``device`` without a CPU copy (meta, then allocated there), with
+    random fan-in scaled weights (activations stay in a normal range: no inf or denormal slow paths in
+    timings) and unit norm scales; eval mode, in ``dtype`` (float32 by default)."""
+    import math
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from prunekit.unet.configs import sd21_unet_config
+
+    with torch.device("meta"):
+        unet: Any = UNet2DConditionModel(**sd21_unet_config())
+    unet = unet.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if name.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "norm.weight", "norm_out.weight")):
+                param.fill_(1.0)
+            else:
+                fan_in = param[0].numel() if param.ndim > 1 else 1
+                param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+    return (unet if dtype in (None, torch.float32) else unet.to(dtype)).eval()
+
+
 def save_sd21_shaped_pipeline(folder: str | Path, seed: int = 0, *, sample_size: int = 96,
                               dtype: str = "float16") -> Path:
     """Build :func:`build_sd21_shaped_pipeline` and save it as a diffusers folder (safetensors)."""

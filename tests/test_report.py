@@ -223,9 +223,13 @@ def test_metrics_with_per_image_scores_get_intervals_in_the_report(run_dir):
     evaluation = json.loads((run_dir / "artifacts" / "evaluation.json").read_text())
     intervals = json.loads((run_dir / "report" / "report.json").read_text())["intervals"]
     assert intervals["resamples"] == 1000 and intervals["level"] == 0.95
-    # the metrics that keep per-image scores: the test's brightness, and domain alignment (overall, per category)
-    assert "brightness" in intervals["metrics"] and "domain_alignment" in intervals["metrics"]
-    assert all(k == "brightness" or k.startswith("domain_alignment") for k in intervals["metrics"])
+    # the metrics that keep per-image scores: the test's brightness, CLIP score, and domain alignment
+    # (overall, per category); CMMD (a distance between two sets) has none
+    assert {"brightness", "clip_score", "domain_alignment"} <= set(intervals["metrics"])
+    assert all(k in ("brightness", "clip_score") or k.startswith("domain_alignment") for k in intervals["metrics"])
+    for role in ("teacher", "mixture"):  # CLIP score's per-image scores average to its value (floored at 0)
+        value = metrics[role]["metrics"]["clip_score"]
+        assert max(0.0, intervals["metrics"]["clip_score"][role]["mean"]) == pytest.approx(value, abs=1e-3)
     scores = evaluation["mixture"]["per_image"]["scores"]["brightness"]
     assert len(scores) == EVAL_PROMPTS and evaluation["mixture"]["per_image"]["experts"] == [
         e for b in sorted((run_dir / "artifacts" / "eval_images" / "mixture" / "batches").glob("*.json"))
@@ -367,9 +371,10 @@ def test_eval_command_reevaluates_a_run_with_overrides(run_dir):
     assert '<section id="metrics">' in page
     # the routing table follows the new evaluation: 4 prompts
     assert sum(sum(row) for row in metrics["mixture"]["generation"]["experts_by_category"].values()) == 4
-    # brightness is gone: only domain alignment keeps per-image scores now
+    # brightness is gone: only CLIP score and domain alignment keep per-image scores now
     intervals = json.loads((run_dir / "report" / "report.json").read_text())["intervals"]["metrics"]
-    assert "brightness" not in intervals and all(k.startswith("domain_alignment") for k in intervals)
+    assert "brightness" not in intervals and "clip_score" in intervals
+    assert all(k == "clip_score" or k.startswith("domain_alignment") for k in intervals)
 
 
 def test_a_plugin_adds_report_sections_through_the_hook(run_dir, tmp_path):

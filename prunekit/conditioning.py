@@ -135,14 +135,27 @@ class Conditioning:
             from prunekit.data import encode_prompts
 
             return {"text": encode_prompts(pipeline, prompts)}
+        out = self.encode_text(pipeline, prompts)
+        if self.family == "sdxl":
+            # SDXL's micro-conditioning: original size, crop top-left, target size. The dataset's
+            # images are resized without cropping, so the original is the target, as generation assumes.
+            out["time_ids"] = torch.tensor([[h, w, 0, 0, h, w] for h, w in sizes], dtype=torch.float32)
+        return {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
+
+    def encode_text(self, pipeline: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The text columns of ``prompts`` as the pipeline's ``encode_prompt`` gives them (its device and
+        dtype), differentiable in the text encoders: what :meth:`encode` caches, and what training the
+        text encoders recomputes each step. SD 1.x / 2.x: ``text`` from the one CLIP's last hidden state."""
+        if self.family == "sd":
+            tok = pipeline.tokenizer
+            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids.to(pipeline.text_encoder.device)
+            return {"text": pipeline.text_encoder(ids)[0]}
         device = pipeline.text_encoder.device if pipeline.text_encoder is not None else pipeline._execution_device
         out: dict[str, torch.Tensor]
         if self.family == "sdxl":
             text, _, pooled, _ = pipeline.encode_prompt(prompts, device=device, do_classifier_free_guidance=False)
-            # SDXL's micro-conditioning: original size, crop top-left, target size. The dataset's
-            # images are resized without cropping, so the original is the target, as generation assumes.
-            ids = torch.tensor([[h, w, 0, 0, h, w] for h, w in sizes], dtype=torch.float32)
-            out = {"text": text, "pooled": pooled, "time_ids": ids}
+            out = {"text": text, "pooled": pooled}
         elif self.family == "sd3":
             text, _, pooled, _ = pipeline.encode_prompt(prompts, None, None, device=device,
                                                         do_classifier_free_guidance=False, **call_kwargs(pipeline))
@@ -154,7 +167,7 @@ class Conditioning:
         else:  # flux
             text, pooled, _ = pipeline.encode_prompt(prompts, None, device=device, **call_kwargs(pipeline))
             out = {"text": text, "pooled": pooled}
-        return {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
+        return out
 
     # -- the denoiser call ------------------------------------------------------------------------
     def extra_kwargs(self, cond: Mapping[str, torch.Tensor], *, dtype: torch.dtype | None = None) -> dict[str, Any]:

@@ -166,6 +166,8 @@ def train(
         groups, lr=lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(warmup_steps, cooldown_steps, steps))
+    if cfg.zero_stage == 3:
+        _gather_embedding_children(module)
     engine, _, _, _ = deepspeed.initialize(
         model=module,
         optimizer=optimizer,
@@ -306,6 +308,20 @@ def _full_state_dict(engine: Any, cfg: EngineConfig) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
     return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+
+
+def _gather_embedding_children(module: torch.nn.Module) -> None:
+    """ZeRO-3 gathers a module's own parameters when its forward starts, its children's when theirs do.
+    Hugging Face text embeddings read a child's weight before calling it (CLIP checks the length of
+    ``position_embedding.weight``): for every ``*Embeddings`` module, its children's parameters are
+    gathered with its own. They are small (token and position tables of one encoder)."""
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+    for sub in module.modules():
+        if type(sub).__name__.endswith("Embeddings"):
+            for child in sub.children():
+                for param in child.parameters():
+                    register_external_parameter(sub, param)
 
 
 def micro_batch_indices(n_items: int, micro_batch: int, index: int, seed: int = 0) -> list[int]:

@@ -10,9 +10,7 @@ training time. A recipe contradicts it with
   model, or the flow-matching sampler (flow_match_euler) on a DDPM-family one; ``pipeline`` always fits;
 - a loss schema's own options (it opts in with ``check_objective(model, where) -> list[str]``; the
   ``ddpm`` loss: an explicit ``prediction_type`` other than the model's, or Min-SNR weighting on flow
-  matching), in the top-level ``losses`` and in every loss set the method declares (``loss_inputs``);
-- the method schema's own options, the same way (``dense_finetune``'s ``train_text_encoder`` on a
-  pipeline with several text encoders).
+  matching), in the top-level ``losses`` and in every loss set the method declares (``loss_inputs``).
 
 The model's side comes from its schema (``objective(*, local_files) -> ModelObjective | None``): a
 model built in code knows it; ``diffusers_sd`` knows the published hub ids below, reads an existing
@@ -64,7 +62,6 @@ class ModelObjective:
 
     prediction: str
     model: str
-    pipeline: str = ""  # the diffusers pipeline class (model_index.json's _class_name); "" when unknown
 
     @property
     def flow(self) -> bool:
@@ -84,7 +81,7 @@ def published_objective(hub_id: str) -> ModelObjective | None:
     if key is None:
         return None
     pipeline, prediction = PUBLISHED[key]
-    return ModelObjective(prediction, f"{hub_id} ({pipeline})", pipeline)
+    return ModelObjective(prediction, f"{hub_id} ({pipeline})")
 
 
 def _read_json(path: Path | str | None) -> dict[str, Any] | None:
@@ -108,8 +105,7 @@ def objective_from_configs(scheduler: Mapping[str, Any] | None, index: Mapping[s
     names = [str(index["_class_name"])] if index and index.get("_class_name") else []
     if scheduler_class:
         names.append(scheduler_class)
-    pipeline = str(index["_class_name"]) if index and index.get("_class_name") else ""
-    return ModelObjective(prediction, f"{label} ({', '.join(names)})" if names else label, pipeline)
+    return ModelObjective(prediction, f"{label} ({', '.join(names)})" if names else label)
 
 
 def folder_objective(folder: str | Path, label: str | None = None) -> ModelObjective | None:
@@ -213,22 +209,6 @@ def _loss_problems(data: Mapping[str, Any], registry: Any, model: ModelObjective
     return problems
 
 
-def _method_problems(data: Mapping[str, Any], registry: Any, model: ModelObjective) -> list[str]:
-    from prunekit.config import instantiate_schema, validate_options
-
-    section = data.get("method")
-    if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
-        return []
-    component = registry.find("method", section["name"])
-    schema = component.schema if component is not None else None
-    if schema is None or not hasattr(schema, "check_objective"):
-        return []
-    options = {k: v for k, v in section.items() if k != "name"}
-    if validate_options(schema, options, "method"):  # reported by the recipe's own checks
-        return []
-    return list(instantiate_schema(schema, options).check_objective(model, "method") or [])
-
-
 def objective_problems(data: Mapping[str, Any], registry: Any, *, local_files: bool = True) -> list[str]:
     """Every place where a merged recipe's sampler or denoising loss contradicts its model's
     objective, one line each naming the recipe key, the model and what to set instead; empty when the
@@ -236,4 +216,4 @@ def objective_problems(data: Mapping[str, Any], registry: Any, *, local_files: b
     model = _model_objective(data, registry, local_files)
     if model is None:
         return []
-    return _sampler_problem(data, model) + _loss_problems(data, registry, model) + _method_problems(data, registry, model)
+    return _sampler_problem(data, model) + _loss_problems(data, registry, model)

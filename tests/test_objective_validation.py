@@ -224,30 +224,3 @@ def test_samplers_and_targets_of_the_other_family_are_refused_at_run_time():
         objectives.target(DDPMScheduler(), x, x, t, "flow_matching")
     with pytest.raises(ValueError, match="prediction_type=auto"):
         objectives.target(FlowMatchEulerDiscreteScheduler(), x, x, t, "epsilon")
-
-
-# -- a method's options against the model ---------------------------------------------------------------
-
-def test_training_the_text_encoders_of_a_multi_encoder_pipeline_is_refused_up_front(folders, capsys):
-    """``dense_finetune``'s ``train_text_encoder`` trains one CLIP (SD 1.x / 2.x): an SDXL folder, a
-    published SD3 id and the DiT teacher are refused by validate (and run) before anything is loaded."""
-    dense = REPO / "recipes" / "tiny" / "dense_finetune.yaml"
-
-    def check(*args: str) -> tuple[int, list[str]]:
-        code = main(["validate", str(dense), *args])
-        return code, capsys.readouterr().err.strip().splitlines()
-
-    for model in ([*DIFFUSERS, f"model.path={folders['sdxl']}"],
-                  [*DIFFUSERS, "model.path=stabilityai/stable-diffusion-3.5-medium", "eval.scheduler=pipeline",
-                   "--no-data"],
-                  ["model={name: embedded_dit}", "eval.scheduler=pipeline"]):
-        code, lines = check(*model, "method.train_text_encoder=true")
-        assert code == 2, lines
-        line = one_error(lines, "method.train_text_encoder")
-        assert "SD 1.x / 2.x pipelines only" in line and "set method.train_text_encoder=false" in line
-        assert check(*model)[0] == 0
-    assert check("method.train_text_encoder=true")[0] == 0  # tiny_random: an SD pipeline
-    out = REPO / "runs" / "never-written"
-    code = main(["run", str(dense), *DIFFUSERS, f"model.path={folders['sdxl']}", "method.train_text_encoder=true",
-                 "--output", str(out)])
-    assert code == 2 and not out.exists()

@@ -3,7 +3,8 @@
 
 The same method pre-trains a model from scratch (``recipes/tiny/pretrain.yaml``): ``vae_steps``
 first trains the autoencoder on the dataset's images, and ``train_text_encoder`` trains the text
-encoder jointly with the U-Net (SD 1.x / 2.x). With ``vae_steps: 0`` (the default) the model's own
+encoders jointly with the denoiser (all of a pipeline's: SD's CLIP, SDXL's two, SD3's CLIP-L, CLIP-G
+and T5, PixArt's T5, Flux's CLIP and T5). With ``vae_steps: 0`` (the default) the model's own
 autoencoder is used as it is, frozen: ``recipes/tiny/pretrain_dit.yaml`` trains the DiT teacher's
 transformer alone on the U-Net teacher's trained autoencoder and text encoder. Noise, timesteps and
 targets follow the scheduler's family (:mod:`prunekit.objectives`: DDPM or flow matching) and the
@@ -15,20 +16,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from prunekit.config import option
 from prunekit.encode_config import EncodeConfig
 from prunekit.hookspecs import hookimpl
 from prunekit.losses import DENOISING
-
-if TYPE_CHECKING:
-    from prunekit.model_objective import ModelObjective
-
-# Pipelines whose text encoders this method cannot train (their conditioning is not one CLIP's last
-# hidden state): refused by `prunekit validate`, before anything is loaded.
-_FROZEN_TEXT_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "PixArtAlphaPipeline",
-                          "PixArtSigmaPipeline", "FluxPipeline")
 
 
 @dataclass
@@ -41,7 +34,8 @@ class DenseFinetuneConfig:
     warmup_steps: int = option(0, ge=0)
     cond_dropout: float = option(0.0, ge=0, le=1, help="share of samples trained with the empty prompt (for CFG)")
     encode: EncodeConfig = field(default_factory=EncodeConfig)
-    train_text_encoder: bool = option(False, help="also train the text encoder (same LR), e.g. from scratch")
+    train_text_encoder: bool = option(False, help="also train the text encoders (every one the pipeline has; same LR), "
+                                                    "e.g. from scratch")
     vae_steps: int = option(0, ge=0, help="first train the autoencoder on the dataset images for this many steps")
     vae_lr: float = option(1e-3, gt=0)
     vae_kl_weight: float = option(1e-6, ge=0, help="KL weight against the per-pixel reconstruction loss")
@@ -49,12 +43,6 @@ class DenseFinetuneConfig:
         "float32", help="dtype of the saved pipeline weights (load them back with torch_dtype)"
     )
     max_shard_size: str | None = option(None, help="split saved weight files above this size, e.g. '7MB'")
-
-    def check_objective(self, model: ModelObjective, where: str) -> list[str]:
-        if self.train_text_encoder and model.pipeline in _FROZEN_TEXT_PIPELINES:
-            return [f"{where}.train_text_encoder: SD 1.x / 2.x pipelines only, but model {model.model} is a "
-                    f"{model.pipeline}: its text encoders stay frozen; set {where}.train_text_encoder=false"]
-        return []
 
 
 class DenseFinetune:
@@ -69,14 +57,6 @@ class DenseFinetune:
 
         precision = run.recipe.data["engine"]["precision"]
         pipeline = place_frozen(run.build("model"), precision)
-        if self.config.train_text_encoder:
-            from prunekit.conditioning import conditioning_for
-
-            # A pipeline class validate did not know (a custom one): refused before any encoding.
-            family = conditioning_for(pipeline).family
-            if family != "sd":
-                raise ValueError(f"method.train_text_encoder: SD 1.x / 2.x pipelines only (this one is "
-                                 f"{family}: its text encoders stay frozen; set method.train_text_encoder=false)")
         results: dict[str, Any] = {}
         if self.config.vae_steps > 0:
             results["vae"] = run.stage("train_vae", lambda: self._train_vae(run, pipeline))
@@ -189,46 +169,47 @@ class DenseFinetune:
         data = open_encoded(run)
         conditioning = conditioning_for(pipeline)  # SD's U-Net, SDXL, SD3 / PixArt / Flux transformers
         losses = run.build_all("losses")
-        denoiser, scheduler, text_encoder = denoiser_of(pipeline), pipeline.scheduler, pipeline.text_encoder
-        for module in (pipeline.vae, text_encoder, getattr(pipeline, "text_encoder_2", None),
-                       getattr(pipeline, "text_encoder_3", None)):
-            if module is not None:
-                module.requires_grad_(False)
+        denoiser, scheduler = denoiser_of(pipeline), pipeline.scheduler
+        encoders = {name: module for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
+                    if (module := getattr(pipeline, name, None)) is not None}
+        pipeline.vae.requires_grad_(False)
         denoiser.requires_grad_(True)
         n = len(data.prompts)
         seed = int(run.recipe.data.get("seed", 0))
         trained: Any = denoiser
+        for module in encoders.values():
+            module.requires_grad_(cfg.train_text_encoder)
         if cfg.train_text_encoder:
-            tok = pipeline.tokenizer
-            empty_ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
-            text_encoder.requires_grad_(True)
-            text_encoder.train()
-            trained = torch.nn.ModuleDict({"unet": denoiser, "text_encoder": text_encoder})
+            # Every text encoder the pipeline conditions with trains jointly with the denoiser; their
+            # columns are recomputed from each micro-batch's prompts (nothing cached is read for them).
+            for module in encoders.values():
+                module.train()
+            key = "transformer" if getattr(pipeline, "transformer", None) is not None else "unet"
+            trained = torch.nn.ModuleDict({key: denoiser, **encoders})
         columns = list(conditioning.columns)
         # The empty prompt's columns, encoded as the dataset was (classifier-free guidance's unconditional
         # input); size ids stay each sample's own.
-        empty = {k: v[0] for k, v in conditioning.encode(pipeline, [""], [(0, 0)]).items() if k != "time_ids"}
+        empty = {} if cfg.train_text_encoder else {
+            k: v[0] for k, v in conditioning.encode(pipeline, [""], [(0, 0)]).items() if k != "time_ids"}
+        cached = [k for k in columns if k == "time_ids"] if cfg.train_text_encoder else columns
 
-        reader = RowPrefetcher(data, ["latents"] if cfg.train_text_encoder else ["latents", *columns],
+        reader = RowPrefetcher(data, ["latents", *cached],
                                lambda index: micro_batch_indices(n, engine_cfg.micro_batch, index, seed))
 
         def batch_fn(index: int) -> dict[str, torch.Tensor]:
             idx = micro_batch_indices(n, engine_cfg.micro_batch, index, seed)
             rows = reader.rows(index)
-            cond: dict[str, torch.Tensor]
-            if cfg.train_text_encoder:
-                cond = {"ids": tok([data.prompts[i] for i in idx], padding="max_length", max_length=tok.model_max_length,
-                                   truncation=True, return_tensors="pt").input_ids}
-            else:
-                cond = {k: rows[k] for k in columns}
+            cond: dict[str, torch.Tensor] = {k: rows[k] for k in cached}
+            drop = torch.zeros(len(idx), dtype=torch.bool)
             if cfg.cond_dropout > 0:  # drawn here, on the CPU, with the micro-batch's RNG state
                 drop = torch.rand(len(rows["latents"])) < cfg.cond_dropout
-                if cfg.train_text_encoder:
-                    cond["ids"] = torch.where(drop[:, None], empty_ids.expand_as(cond["ids"]), cond["ids"])
-                else:
-                    for k, value in empty.items():
-                        mask = drop.reshape(-1, *([1] * (cond[k].dim() - 1)))
-                        cond[k] = torch.where(mask, value.expand_as(cond[k]), cond[k])
+            if cfg.train_text_encoder:  # the prompts, by index; a dropped one becomes the empty prompt
+                cond["prompt_index"] = torch.tensor(idx, dtype=torch.long)
+                cond["prompt_dropped"] = drop
+            elif cfg.cond_dropout > 0:
+                for k, value in empty.items():
+                    mask = drop.reshape(-1, *([1] * (cond[k].dim() - 1)))
+                    cond[k] = torch.where(mask, value.expand_as(cond[k]), cond[k])
             latents = rows["latents"]
             return {"latents": latents, **{f"cond_{k}": v for k, v in cond.items()}, "noise": torch.randn_like(latents),
                     "timesteps": objectives.draw_timesteps(scheduler, len(latents))}
@@ -238,8 +219,11 @@ class DenseFinetune:
             cond = {k[len("cond_"):]: v for k, v in batch.items() if k.startswith("cond_")}
             denoiser = model
             if cfg.train_text_encoder:
-                cond = {"text": model["text_encoder"](cond["ids"])[0]}
-                denoiser = model["unet"]
+                index, dropped = cond.pop("prompt_index").tolist(), cond.pop("prompt_dropped").tolist()
+                prompts = ["" if d else data.prompts[i] for i, d in zip(index, dropped)]
+                # The pipeline's encode_prompt calls the encoders held in `model` (the same modules).
+                cond.update({k: v.to(latents.device) for k, v in conditioning.encode_text(pipeline, prompts).items()})
+                denoiser = model["transformer" if "transformer" in model else "unet"]
             noisy = objectives.add_noise(scheduler, latents, noise, t)
             pred = conditioning.call(denoiser, noisy, t, cond)
             inputs = LossInputs(pred=pred, noise=noise, latents=latents, timesteps=t, scheduler=scheduler)

@@ -75,8 +75,7 @@ class TinyModelConfig:
     def objective(self, *, local_files: bool = True) -> ModelObjective:
         from prunekit.model_objective import ModelObjective
 
-        return ModelObjective("epsilon", "tiny_random (StableDiffusionPipeline, DDPMScheduler)",
-                              "StableDiffusionPipeline")
+        return ModelObjective("epsilon", "tiny_random (StableDiffusionPipeline, DDPMScheduler)")
 
 
 def build_tiny(config: TinyModelConfig) -> object:

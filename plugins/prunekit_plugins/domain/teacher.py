@@ -83,8 +83,7 @@ class EmbeddedRandomConfig:
     def objective(self, *, local_files: bool = True) -> ModelObjective:
         from prunekit.model_objective import ModelObjective
 
-        return ModelObjective("epsilon", "embedded_random (StableDiffusionPipeline, PNDMScheduler)",
-                              "StableDiffusionPipeline")
+        return ModelObjective("epsilon", "embedded_random (StableDiffusionPipeline, PNDMScheduler)")
 
 
 def build_embedded_random(config: EmbeddedRandomConfig) -> Any:

@@ -62,8 +62,7 @@ class EmbeddedDiTConfig:
 
         if self.path is not None:
             return folder_objective(self.path) if local_files else None
-        return folder_objective(SHIPPED_DIT_TEACHER, "embedded_dit") or ModelObjective("flow_matching", DIT_LABEL,
-                                                                                 "StableDiffusion3Pipeline")
+        return folder_objective(SHIPPED_DIT_TEACHER, "embedded_dit") or ModelObjective("flow_matching", DIT_LABEL)
 
 
 def build_embedded_dit(config: EmbeddedDiTConfig) -> Any:
@@ -105,7 +104,7 @@ class EmbeddedDiTRandomConfig:
         from prunekit.model_objective import ModelObjective
 
         return ModelObjective("flow_matching", "embedded_dit_random (StableDiffusion3Pipeline, "
-                                               "FlowMatchEulerDiscreteScheduler)", "StableDiffusion3Pipeline")
+                                               "FlowMatchEulerDiscreteScheduler)")
 
 
 def clip_with_projection(folder: Path) -> Any:

@@ -54,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        code = args.func(args)
+        from prunekit import distributed
+
+        distributed.shutdown()
+        return code
     except PrunekitError as exc:
         _print_errors(exc)
         return exc.exit_code

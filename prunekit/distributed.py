@@ -91,6 +91,16 @@ def barrier() -> None:
             dist.barrier()
 
 
+def shutdown() -> None:
+    """End a launcher's process group once every rank is done with it (a no-op otherwise). Left to the
+    interpreter's exit, gloo's threads can outlive it: a rank then aborts (``terminate called without
+    an active exception``) after a run that completed, and the launcher reports the job failed."""
+    if not (launched() and initialized()):
+        return
+    barrier()
+    _dist().destroy_process_group()
+
+
 def broadcast(obj: T, src: int = 0) -> T:
     """``obj`` as rank ``src`` has it, on every rank (picklable objects; small ones)."""
     if not initialized() or world_size() == 1:

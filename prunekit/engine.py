@@ -14,7 +14,8 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,6 @@ def train(
         groups, lr=lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant(warmup_steps, cooldown_steps, steps))
-    if cfg.zero_stage == 3:
-        _gather_embedding_children(module)
     engine, _, _, _ = deepspeed.initialize(
         model=module,
         optimizer=optimizer,
@@ -230,7 +229,8 @@ def train(
                 prefetch(global_micro_index(*later, rank, world, cfg.grad_accum))
             torch.manual_seed(seed * 1_000_003 + index)
             batch = move(batch_fn(index), device, dtype)
-            loss, logs = loss_fn(engine.module, batch, step)
+            with _engine_forward(engine):
+                loss, logs = loss_fn(engine.module, batch, step)
             finite = torch.tensor([1.0 if bool(torch.isfinite(loss.detach()).all()) else 0.0])
             if world > 1:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -310,18 +310,21 @@ def _full_state_dict(engine: Any, cfg: EngineConfig) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
 
 
-def _gather_embedding_children(module: torch.nn.Module) -> None:
-    """ZeRO-3 gathers a module's own parameters when its forward starts, its children's when theirs do.
-    Hugging Face text embeddings read a child's weight before calling it (CLIP checks the length of
-    ``position_embedding.weight``): for every ``*Embeddings`` module, its children's parameters are
-    gathered with its own. They are small (token and position tables of one encoder)."""
-    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
-
-    for sub in module.modules():
-        if type(sub).__name__.endswith("Embeddings"):
-            for child in sub.children():
-                for param in child.parameters():
-                    register_external_parameter(sub, param)
+@contextmanager
+def _engine_forward(engine: Any) -> Iterator[None]:
+    """What ``DeepSpeedEngine.forward`` does around a forward call, for a loss that calls the module
+    itself (a loss reads several submodules, or the module twice). ZeRO-3 counts micro-steps there:
+    without it every backward overwrote the accumulated gradient, so with ``grad_accum`` > 1 only the
+    last micro-batch's gradient was applied. It also lets ZeRO-3 gather a parameter a module reads
+    from a child outside the child's forward (DeepSpeed's external-parameter discovery)."""
+    clear = getattr(engine.optimizer, "clear_backward_seen_flag", None)
+    if callable(clear):
+        clear()
+    engine._forward_prologue((), {})
+    try:
+        yield
+    finally:
+        engine._forward_epilogue()
 
 
 def micro_batch_indices(n_items: int, micro_batch: int, index: int, seed: int = 0) -> list[int]:

@@ -181,3 +181,27 @@ def test_post_training_method_under_two_ranks_prunes_like_one(tmp_path):
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
     _assert_same(tmp_path / "one", tmp_path / "two", ["pruned/unet.safetensors", "pruned/text_encoder.safetensors"],
                  rtol=0, atol=0)
+
+
+def test_text_encoders_train_under_two_ranks_zero3_like_one_rank_with_accumulation(tmp_path):
+    """SDXL's two CLIPs and its U-Net trained jointly (``dense_finetune``, ``train_text_encoder``) at
+    ZeRO-3 over 2 ranks end where 1 rank with 2 accumulation steps does; every rank exits 0."""
+    from helpers import DENSE
+
+    from prunekit.tiny import save_tiny_family
+
+    folder = save_tiny_family("sdxl", tmp_path / "sdxl")
+    args = ["model.name=diffusers_sd", f"model.path={folder}", "eval.scheduler=pipeline", "method.train_text_encoder=true",
+            "dataset.size=16", "dataset.resolution=16", "engine.micro_batch=2", "engine.zero_stage=3",
+            "method.warmup_steps=0", "method.steps=3", "method.lr=1e-3", "method.cond_dropout=0.5",
+            "engine.checkpoint_every=3"]
+    cmd = _torchrun("--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()))
+    _run([*cmd, "run", str(DENSE), "--output", str(tmp_path / "two"), "-q", *args])
+    _run([sys.executable, "-m", "prunekit", "run", str(DENSE), "--output", str(tmp_path / "one"), "-q", *args,
+          "engine.grad_accum=2"])
+    files = [f"pipeline/{part}/model.safetensors" for part in ("text_encoder", "text_encoder_2")]
+    files.append("pipeline/unet/diffusion_pytorch_model.safetensors")
+    _assert_same(tmp_path / "one", tmp_path / "two", files, rtol=1e-4, atol=1e-5)
+    before = load_file(str(folder / "text_encoder_2" / "model.safetensors"))
+    after = load_file(str(tmp_path / "two" / "artifacts" / "pipeline" / "text_encoder_2" / "model.safetensors"))
+    assert sum(not torch.equal(before[k], after[k]) for k in before) > len(before) / 2

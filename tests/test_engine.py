@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -36,6 +37,37 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, stage):
     assert full.history[-1]["loss"] < full.history[0]["loss"]
     kept = sorted(p.name for p in (tmp_path / "a").glob("step_*"))
     assert kept == ["step_4", "step_6"]  # keep_checkpoints=2
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_gradient_accumulation_averages_every_micro_batch(tmp_path, stage):
+    """``grad_accum`` micro-batches give the update of their mean loss, as plain PyTorch computes it,
+    at every ZeRO stage (ZeRO-3 once kept only the last micro-batch's gradient: the loss calls the
+    module, not DeepSpeed's forward, where ZeRO-3 counts micro-steps)."""
+    cfg = EngineConfig(zero_stage=stage, micro_batch=4, grad_accum=3, checkpoint_every=100, grad_clip=0.0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 3))
+    reference = copy.deepcopy(model)
+    x, y = torch.randn(48, 8), torch.randn(48, 3)
+
+    def batch_fn(index):
+        idx = micro_batch_indices(48, 4, index, 0)
+        return {"x": x[idx], "y": y[idx]}
+
+    def loss_fn(module, batch, step):
+        return ((module(batch["x"]) - batch["y"]) ** 2).mean(), {}
+
+    result = train(model, loss_fn, batch_fn, cfg=cfg, lr=1e-2, steps=3, ckpt_dir=tmp_path, warmup_steps=0)
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, betas=tuple(cfg.betas), eps=cfg.eps,
+                            weight_decay=cfg.weight_decay)
+    for step in range(3):
+        opt.zero_grad()
+        for micro in range(3):
+            batch = batch_fn(global_micro_index(step, micro, 0, 1, 3))
+            (loss_fn(reference, batch, step)[0] / 3).backward()
+        opt.step()
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(result.state_dict[key], value, rtol=1e-5, atol=1e-6)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -18,6 +18,7 @@ statistics.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeGuard
@@ -218,14 +219,14 @@ def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
         yield list(items[start : start + size])
 
 
-class _PromptBatchFeed:
+class _PromptBatchFeed(abc.ABC):
     """A feed that encodes its prompts ``batch_size`` at a time (``_encode(batch)``); a probe encodes one."""
 
     prompts: list[str]
     batch_size: int
 
-    def _encode(self, batch: list[str]) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _encode(self, batch: list[str]) -> None: ...
 
     def __call__(self) -> None:
         with torch.no_grad():

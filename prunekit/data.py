@@ -33,18 +33,13 @@ def encode_prompts(pipeline: Any, prompts: list[str], batch_size: int = 64) -> t
     """Text-encoder hidden states exactly as the pipeline conditions its U-Net."""
     import torch
 
-    tok = pipeline.tokenizer
+    from prunekit.conditioning import Conditioning
+
+    sd = Conditioning("sd")
     out = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            ids = tok(
-                prompts[start : start + batch_size],
-                padding="max_length",
-                max_length=tok.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(pipeline.text_encoder.device)
-            out.append(pipeline.text_encoder(ids)[0].float().cpu())
+            out.append(sd.encode_text(pipeline, prompts[start : start + batch_size])["text"].float().cpu())
     return torch.cat(out)
 
 

@@ -38,9 +38,11 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
 
 
 def _finetune(folder, out, *extra: str):
+    """Two steps of ``dense_finetune`` on the pipeline saved in ``folder`` (None: the built-in tiny SD one)."""
+    model = [] if folder is None else ["model.name=diffusers_sd", f"model.path={folder}", "eval.scheduler=pipeline"]
     steps = [a for a in ONE_STEP if not a.startswith("method.steps")]
-    result = run_cli("run", str(DENSE), "model.name=diffusers_sd", f"model.path={folder}", "eval.scheduler=pipeline",
-                     *steps, "method.steps=2", "method.lr=1e-3", "method.cond_dropout=0.5", *extra, "--output", str(out))
+    result = run_cli("run", str(DENSE), *model, *steps, "method.steps=2", "method.lr=1e-3", "method.cond_dropout=0.5",
+                     *extra, "--output", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "artifacts" / "pipeline"
 
@@ -68,14 +70,7 @@ def test_frozen_text_encoders_are_saved_as_loaded_and_zero3_trains_them(folders,
 
 def test_sd_text_encoder_trains_under_zero3(tmp_path):
     """SD 1.x / 2.x's one CLIP (the tiny built-in pipeline) under ZeRO-3: its embeddings read a child's
-    weight outside that child's forward, which the engine gathers with the embeddings module."""
-    frozen = _finetune_builtin(tmp_path / "frozen")
-    trained = _finetune_builtin(tmp_path / "zero3", "method.train_text_encoder=true", "engine.zero_stage=3")
+    weight outside that child's forward, which ZeRO-3 gathers only inside the engine's forward prologue."""
+    frozen = _finetune(None, tmp_path / "frozen")
+    trained = _finetune(None, tmp_path / "zero3", "method.train_text_encoder=true", "engine.zero_stage=3")
     assert _changed(_weights(frozen, "text_encoder"), _weights(trained, "text_encoder")) > 0.5
-
-
-def _finetune_builtin(out, *extra: str):
-    steps = [a for a in ONE_STEP if not a.startswith("method.steps")]
-    result = run_cli("run", str(DENSE), *steps, "method.steps=2", "method.lr=1e-3", *extra, "--output", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out / "artifacts" / "pipeline"
